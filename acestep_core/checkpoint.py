@@ -1,0 +1,340 @@
+"""Reading the two released ACE-Step v1 checkpoint layouts into per-component state dicts.
+
+Layouts:
+  * ComfyUI's single file ``ace_step_v1_3.5b.safetensors``: every component in one file, under the
+    prefixes ``model.diffusion_model.`` (transformer), ``vae.dcae.`` / ``vae.vocoder.`` (audio codec)
+    and ``text_encoders.umt5base.transformer.`` (UMT5), plus the SentencePiece tokenizer as a uint8
+    tensor ``text_encoders.spiece_model``.
+  * The original repository's folders ``ace_step_transformer/``, ``music_dcae_f8c8/``,
+    ``music_vocoder/``, ``umt5-base/``, each with a ``config.json`` and safetensors weights.
+
+Both are turned into the same ``ComponentSource`` records (canonical keys without prefixes), so
+everything downstream (config inference, module loading) is one code path. Tensors are read
+lazily from memory-mapped safetensors, one component at a time; nothing here uses pickle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+COMPONENTS = ("transformer", "dcae", "vocoder", "text_encoder")
+
+# Single-file prefixes of each component (ComfyUI's layout).
+SINGLE_FILE_PREFIXES = {
+    "transformer": "model.diffusion_model.",
+    "dcae": "vae.dcae.",
+    "vocoder": "vae.vocoder.",
+    "text_encoder": "text_encoders.umt5base.transformer.",
+}
+SPIECE_KEY = "text_encoders.spiece_model"
+
+# Original folder layout: component -> sub-folder name.
+FOLDERS = {
+    "transformer": "ace_step_transformer",
+    "dcae": "music_dcae_f8c8",
+    "vocoder": "music_vocoder",
+    "text_encoder": "umt5-base",
+}
+# Preferred weight file names inside each folder (diffusers / transformers conventions).
+FOLDER_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+# One key that every real file of a component has: the cheapest way to tell what a file is.
+SIGNATURE_KEYS = {
+    "transformer": "genre_embedder.weight",
+    "dcae": "encoder.conv_in.weight",
+    "vocoder": "backbone.channel_layers.0.0.bias",
+    "text_encoder": "shared.weight",
+}
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "default": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+_SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used. The message names the file, what is wrong and what to do."""
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """Accept a torch dtype or one of the names in ``DTYPES``; anything else is a clear error."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return dtype
+        raise CheckpointError(f"Unsupported weight dtype {dtype}: choose float32, bfloat16 or float16.")
+    key = str(dtype).strip().lower()
+    if key.startswith("torch."):
+        key = key[len("torch."):]
+    if key not in DTYPES:
+        raise CheckpointError(
+            f"Unsupported weight dtype {dtype!r}: choose one of fp32, bf16, fp16 "
+            "(or float32, bfloat16, float16).")
+    return DTYPES[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors header validation: clear errors before any tensor is touched
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SafetensorsInfo:
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    metadata: dict[str, str]
+
+
+def read_safetensors_header(path: Path) -> SafetensorsInfo:
+    """Parse and validate a safetensors header; raise CheckpointError for a file that is not
+    safetensors or is truncated (a common result of an interrupted download)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: file is empty or too short ({size} bytes) to be a "
+                                      "safetensors checkpoint. Download it again.")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len <= 1 or header_len > min(size - 8, 100 * 1024 * 1024):
+                raise CheckpointError(_not_safetensors(path))
+            raw = f.read(header_len)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the file ({err}). Check the path and its permissions.") from err
+    if len(raw) < header_len:
+        raise CheckpointError(f"{path}: the file is truncated inside its header. Download it again.")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError):
+        raise CheckpointError(_not_safetensors(path)) from None
+    metadata = header.pop("__metadata__", None) or {}
+    shapes, dtypes = {}, {}
+    data_end = 0
+    for key, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            shapes[key] = tuple(int(d) for d in entry["shape"])
+            dtypes[key] = entry["dtype"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(_not_safetensors(path)) from None
+        data_end = max(data_end, int(end))
+    available = size - 8 - header_len
+    if data_end > available:
+        missing_mb = (data_end - available) / 2**20
+        raise CheckpointError(
+            f"{path}: the file is truncated: its header describes {data_end + 8 + header_len} bytes "
+            f"but only {size} are on disk ({missing_mb:.1f} MiB missing). The download or copy was "
+            "interrupted: download the checkpoint again.")
+    return SafetensorsInfo(path, shapes, dtypes, dict(metadata))
+
+
+def _not_safetensors(path: Path) -> str:
+    hint = ""
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        hint = (" Pickle checkpoints (.ckpt/.pt/.bin) are not loaded, because loading them can run "
+                "arbitrary code; use the .safetensors release.")
+    return (f"{path}: not a safetensors file (its header cannot be parsed).{hint} ACE-Step v1 is "
+            "released as ace_step_v1_3.5b.safetensors (ComfyUI) or as the original folders "
+            "(ace_step_transformer/, music_dcae_f8c8/, music_vocoder/, umt5-base/).")
+
+
+# ---------------------------------------------------------------------------------------------
+# One component's weights, wherever they live
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ComponentSource:
+    """Where one component's tensors are: a safetensors file and a key prefix to strip."""
+
+    name: str
+    file: Path
+    prefix: str
+    shapes: dict[str, tuple[int, ...]]          # canonical key -> shape
+    json_config: dict | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def state_dict(self, dtype: torch.dtype | None = None, device="cpu",
+                   keep_dtype: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+        """Read this component's tensors (memory-mapped) with canonical keys, converting floating
+        tensors to ``dtype`` one at a time so only one copy of each weight is ever held."""
+        return dict(self.iter_tensors(dtype, device, keep_dtype))
+
+    def iter_tensors(self, dtype=None, device="cpu", keep_dtype=None) -> Iterator[tuple[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.file), framework="pt", device="cpu") as f:
+                for key in self.shapes:
+                    tensor = f.get_tensor(self.prefix + key)
+                    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype \
+                            and not (keep_dtype and keep_dtype(key)):
+                        tensor = tensor.to(dtype)
+                    if str(device) != "cpu":
+                        tensor = tensor.to(device)
+                    yield key, tensor
+        except CheckpointError:
+            raise
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{self.file}: reading the {self.name} weights failed ({err}). "
+                                  "The file may be damaged: download it again.") from err
+
+
+@dataclass
+class CheckpointSource:
+    """A located, validated checkpoint: the four components and the tokenizer data."""
+
+    path: Path
+    layout: str                                  # "single_file" or "folders"
+    components: dict[str, ComponentSource]
+    spiece_model: bytes | None = None            # SentencePiece proto of the tag tokenizer
+    tokenizer_json: Path | None = None           # HF tokenizer.json alternative (folder layout)
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if n not in self.components]
+        if missing:
+            raise CheckpointError(_missing_message(self, missing))
+
+
+_COMPONENT_WORDS = {
+    "transformer": "diffusion transformer",
+    "dcae": "VAE (music DCAE)",
+    "vocoder": "VAE (vocoder)",
+    "text_encoder": "text encoder (UMT5)",
+}
+
+
+def _missing_message(src: CheckpointSource, missing: list[str]) -> str:
+    words = ", ".join(_COMPONENT_WORDS[m] for m in missing)
+    if src.layout == "single_file":
+        prefixes = ", ".join(f"'{SINGLE_FILE_PREFIXES[m]}*'" for m in missing)
+        return (f"{src.path}: this checkpoint has no {words} (no keys {prefixes}). Use the complete "
+                "ace_step_v1_3.5b.safetensors, which contains the transformer, the VAE and the text "
+                "encoder.")
+    folders = ", ".join(f"{FOLDERS[m]}/" for m in missing)
+    return (f"{src.path}: the {words} folder is missing or has no safetensors weights ({folders}). "
+            "The original layout needs ace_step_transformer/, music_dcae_f8c8/, music_vocoder/ and "
+            "umt5-base/ side by side, each with config.json and its .safetensors file.")
+
+
+def open_checkpoint(path) -> CheckpointSource:
+    """Locate and validate a checkpoint in either layout without reading any weights."""
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such file or folder. Put ace_step_v1_3.5b.safetensors (or the original "
+            "ACE-Step folders) in ComfyUI/models/checkpoints, or pass the right path.")
+    if path.is_dir():
+        return _open_folders(path)
+    return _open_single_file(path)
+
+
+def _open_single_file(path: Path) -> CheckpointSource:
+    info = read_safetensors_header(path)
+    components: dict[str, ComponentSource] = {}
+    for name, prefix in SINGLE_FILE_PREFIXES.items():
+        shapes = {k[len(prefix):]: s for k, s in info.shapes.items() if k.startswith(prefix)}
+        if shapes:
+            components[name] = ComponentSource(name, path, prefix, shapes, None, info.metadata)
+    if "transformer" not in components or SIGNATURE_KEYS["transformer"] not in components["transformer"].shapes:
+        raise CheckpointError(_not_ace_message(path, info.shapes))
+    _check_signatures(path, components)
+    spiece = None
+    if SPIECE_KEY in info.shapes:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            spiece = f.get_tensor(SPIECE_KEY).numpy().tobytes()
+    return CheckpointSource(path, "single_file", components, spiece_model=spiece)
+
+
+def _not_ace_message(path: Path, shapes: dict) -> str:
+    keys = list(shapes)
+    guess = ""
+    joined = " ".join(keys[:2000])
+    if "model.diffusion_model.input_blocks" in joined:
+        guess = " It looks like a Stable Diffusion (UNet) checkpoint."
+    elif "model.diffusion_model.double_blocks" in joined:
+        guess = " It looks like a Flux checkpoint."
+    elif "model.diffusion_model.transformer_blocks" in joined:
+        guess = " It has a diffusion transformer, but not ACE-Step's (no genre_embedder)."
+    elif any(k.startswith(SIGNATURE_KEYS["transformer"]) for k in keys):
+        guess = (" It looks like a bare ACE-Step transformer without the ComfyUI prefixes; use the "
+                 "full ace_step_v1_3.5b.safetensors or the original folder layout.")
+    sample = ", ".join(keys[:3]) or "no tensors at all"
+    return (f"{path}: not an ACE-Step v1 checkpoint: key 'model.diffusion_model.genre_embedder.weight' "
+            f"is missing (first keys: {sample}).{guess} Load this file with ComfyUI's own checkpoint "
+            "loader, and use ace_step_v1_3.5b.safetensors here.")
+
+
+def _check_signatures(path: Path, components: dict[str, ComponentSource]) -> None:
+    for name, comp in components.items():
+        if SIGNATURE_KEYS[name] not in comp.shapes:
+            raise CheckpointError(
+                f"{path}: the {_COMPONENT_WORDS[name]} weights do not have ACE-Step's key layout "
+                f"('{comp.prefix}{SIGNATURE_KEYS[name]}' is missing). This file was not made from "
+                "ACE-Step v1; use the released ace_step_v1_3.5b.safetensors.")
+
+
+def _folder_weights(folder: Path) -> Path | None:
+    for name in FOLDER_WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors"))
+    return found[0] if len(found) == 1 else None
+
+
+def _open_folders(path: Path) -> CheckpointSource:
+    root = path
+    if not any((root / d).is_dir() for d in FOLDERS.values()):
+        # Allow pointing at one of the sub-folders by mistake.
+        if path.name in FOLDERS.values() and any((path.parent / d).is_dir() for d in FOLDERS.values()):
+            root = path.parent
+        else:
+            raise CheckpointError(
+                f"{path}: this folder holds no ACE-Step checkpoint: expected the original layout "
+                "(ace_step_transformer/, music_dcae_f8c8/, music_vocoder/, umt5-base/) or a "
+                "single ace_step_v1_3.5b.safetensors file.")
+    components: dict[str, ComponentSource] = {}
+    for name, sub in FOLDERS.items():
+        folder = root / sub
+        weights = _folder_weights(folder) if folder.is_dir() else None
+        if weights is None:
+            continue
+        info = read_safetensors_header(weights)
+        config_path = folder / "config.json"
+        json_config = None
+        if config_path.is_file():
+            try:
+                json_config = json.loads(config_path.read_text())
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"{config_path}: not valid JSON ({err}). Download this file again.") from err
+        shapes = dict(info.shapes)
+        if name == "text_encoder":
+            shapes.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
+        components[name] = ComponentSource(name, weights, "", shapes, json_config, info.metadata)
+    src = CheckpointSource(root, "folders", components)
+    src.require(*COMPONENTS)
+    _check_signatures(root, components)
+    umt5 = root / FOLDERS["text_encoder"]
+    if (umt5 / "spiece.model").is_file():
+        src.spiece_model = (umt5 / "spiece.model").read_bytes()
+    elif (umt5 / "tokenizer.json").is_file():
+        src.tokenizer_json = umt5 / "tokenizer.json"
+    return src
+
+
+def is_folder_checkpoint(path: Path) -> bool:
+    """True for a folder in the original layout (used to list folders next to files)."""
+    path = Path(path)
+    return path.is_dir() and all((path / d).is_dir() for d in FOLDERS.values())
