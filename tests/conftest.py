@@ -26,6 +26,18 @@ def _add_comfyui_to_path():
 _add_comfyui_to_path()
 
 
+def _comfy_cpu_mode():
+    # comfy.model_management probes CUDA when imported; tests run on machines without a GPU, so
+    # put ComfyUI in --cpu mode before anything imports it (unless a GPU is really there).
+    import torch
+    from comfy.cli_args import args
+    if not torch.cuda.is_available():
+        args.cpu = True
+
+
+_comfy_cpu_mode()
+
+
 @pytest.fixture(scope="session")
 def comfyui_dir() -> Path:
     return COMFYUI_DIR

@@ -19,13 +19,15 @@ def shift_sigma(sigma, shift: float = DEFAULT_SHIFT):
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def simple_sigmas(steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
-    """steps+1 sigmas from 1 to 0: a uniform grid in unshifted time, shifted once. This is what
-    ComfyUI's flow models sample with (ModelSamplingDiscreteFlow + the 'simple' schedule, up to
-    its 1000-entry table quantisation)."""
+def simple_sigmas(steps: int, shift: float = DEFAULT_SHIFT, table_size: int = 1000) -> torch.Tensor:
+    """steps+1 sigmas from 1 to 0 as ComfyUI's 'simple' scheduler gives them for a flow model:
+    it reads a table of shift(k / table_size), k = 1..table_size, at evenly spaced indices counted
+    down from the top (index table_size - floor(i * table_size / steps)), then appends 0."""
     _check_steps(steps)
-    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return shift_sigma(grid, shift).to(torch.float32)
+    i = torch.arange(steps, dtype=torch.float64)
+    k = table_size - torch.floor(i * table_size / steps)
+    sigmas = shift_sigma(k / table_size, shift)
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
 
 
 def original_sigmas(steps: int, shift: float = DEFAULT_SHIFT, sigma_max: float = 1.0) -> torch.Tensor:
