@@ -1,0 +1,48 @@
+"""Fixtures for tests that need the real ComfyUI server with this pack loaded.
+
+`comfy_server` is one server per test session (starting one costs 10-20 s on a small machine),
+on a fresh base directory with the pack symlinked into custom_nodes/. `tiny_checkpoints` adds
+two tiny random-weight checkpoints to its models/checkpoints/ (ComfyUI lists new files without
+a restart). Nothing is skipped: a server that cannot start, or that fails to import the pack,
+makes the tests error with the server's log.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .harness import REPO, ComfyServer, make_tiny_checkpoint
+
+TINY_SINGLE_FILE = "acestep_tiny_RANDOM_WEIGHTS_demo.safetensors"
+TINY_FOLDERS = "acestep_tiny_RANDOM_WEIGHTS_folders"
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory) -> ComfyServer:
+    """A running ComfyUI with the pack loaded (ServerError, with the log tail, otherwise)."""
+    server = ComfyServer(base_dir=tmp_path_factory.mktemp("comfy-base"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(comfy_server, tmp_path_factory) -> dict[str, str]:
+    """Tiny random-weight checkpoints, made with `python -m acestep_core make-tiny` and put in
+    the session server's models/checkpoints/. Returns their names there, by layout:
+    {'comfyui': single .safetensors file, 'folders': a folder in the original layout}."""
+    folder = tmp_path_factory.mktemp("acestep-tiny")
+    made = {"comfyui": make_tiny_checkpoint(folder / TINY_SINGLE_FILE, layout="comfyui"),
+            "folders": make_tiny_checkpoint(folder / TINY_FOLDERS, layout="folders")}
+    return {layout: comfy_server.add_checkpoint(path).name for layout, path in made.items()}
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """tests/artifacts/ (git-ignored): screenshots and audio that a person may want to look at."""
+    path = REPO / "tests" / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
