@@ -58,10 +58,8 @@ DTYPES = {
     "fp16": torch.float16, "float16": torch.float16,
 }
 
-_SAFETENSORS_DTYPES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
-}
+_ALIGNMENT = 64  # bytes; what torch's CPU allocator gives every fresh tensor
+
 
 
 class CheckpointError(ValueError):
@@ -181,6 +179,11 @@ class ComponentSource:
                     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype \
                             and not (keep_dtype and keep_dtype(key)):
                         tensor = tensor.to(dtype)
+                    elif tensor.data_ptr() % _ALIGNMENT:
+                        # Memory-mapped tensors sit at arbitrary file offsets; CPU matmul kernels
+                        # take other code paths on unaligned data, so the same weights would give
+                        # results that differ in the last bits depending on the file layout.
+                        tensor = tensor.clone()
                     if str(device) != "cpu":
                         tensor = tensor.to(device)
                     yield key, tensor
