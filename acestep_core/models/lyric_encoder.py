@@ -1,0 +1,167 @@
+"""The lyric encoder: a Conformer-style stack (CosyVoice/WeNet lineage) over lyric token embeddings.
+
+Per layer (pre-norm): ``h += RelPosSelfAttention(LayerNorm(h))`` then ``h += FFN(LayerNorm(h))``
+with FFN = Linear -> SiLU -> Linear. No macaron FFN and no convolution module in this model.
+Attention is Transformer-XL style: scores = ((q + u) . k + (q + v) . p(i - j)) / sqrt(d), where p
+is a learned projection of a sinusoidal encoding of the relative distance i - j, and u, v are
+learned per-head biases (``pos_bias_u`` / ``pos_bias_v``).
+
+Parameter names follow the released checkpoint (``embed.out.0``, ``encoders.{j}.self_attn.*``, ...).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LyricEncoderConfig
+
+
+def relative_position_table(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Sinusoids of the relative distances L-1, L-2, ..., -(L-1): [1, 2L-1, dim].
+
+    Row r encodes distance ``L-1-r``; channels (2i, 2i+1) hold sin/cos of ``distance * w_i`` with
+    ``w_i = 10000^(-2i/dim)`` (ESPnet's "rel_pos_espnet" encoding). Computed in float32, then
+    rounded to the activation dtype as the reference does.
+    """
+    freqs = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    distances = torch.arange(length - 1, -length, -1, device=device, dtype=torch.float32)
+    angles = distances[:, None] * freqs[None, :]                       # [2L-1, dim/2]
+    table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+    return table[None].to(dtype)
+
+
+def skew_relative_scores(scores: torch.Tensor) -> torch.Tensor:
+    """[..., L, 2L-1] scores against distances (L-1 .. -(L-1)) -> [..., L, L] with entry (i, j)
+    the score for distance i - j, i.e. column L-1-i+j of row i.
+
+    Row i of the result starts at column L-1-i of row i of the input, and successive rows start
+    one step further left: in the flat memory of a contiguous input that is stride 2L-2 per row,
+    so the result is a view (no copy). Same values as the reference's pad-and-reshape "rel_shift".
+    """
+    scores = scores.contiguous()
+    length = scores.shape[-2]
+    *batch_strides, _, _ = scores.stride()
+    return scores.as_strided(
+        size=(*scores.shape[:-2], length, length),
+        stride=(*batch_strides, 2 * length - 2, 1),
+        storage_offset=scores.storage_offset() + length - 1,
+    )
+
+
+class RelPositionSelfAttention(nn.Module):
+    def __init__(self, hidden_size: int, heads: int, device=None, dtype=None):
+        super().__init__()
+        if hidden_size % heads:
+            raise ValueError(f"lyric encoder width {hidden_size} is not divisible by {heads} heads")
+        self.heads = heads
+        self.head_dim = hidden_size // heads
+        self.linear_q = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_k = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_v = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_out = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_pos = nn.Linear(hidden_size, hidden_size, bias=False, device=device, dtype=dtype)
+        self.pos_bias_u = nn.Parameter(torch.zeros(heads, self.head_dim, device=device, dtype=dtype))
+        self.pos_bias_v = nn.Parameter(torch.zeros(heads, self.head_dim, device=device, dtype=dtype))
+        # Multiplies the linear_q output (ERG's "weakened lyrics" condition uses 0.01); 1.0 = off.
+        self.query_scale: float = 1.0
+
+    def forward(self, x: torch.Tensor, pos_table: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, L, C]; pos_table [1, 2L-1, C]; key_mask [B, L] bool (True = real token) or None."""
+        heads = (self.heads, self.head_dim)
+        q = self.linear_q(x)
+        if self.query_scale != 1.0:
+            q = q * self.query_scale
+        q = q.unflatten(-1, heads)                                  # [B, L, H, D]
+        k = self.linear_k(x).unflatten(-1, heads).transpose(1, 2)   # [B, H, L, D]
+        v = self.linear_v(x).unflatten(-1, heads).transpose(1, 2)
+        p = self.linear_pos(pos_table).unflatten(-1, heads).transpose(1, 2)  # [1, H, 2L-1, D]
+
+        q_u = (q + self.pos_bias_u.to(q.dtype)).transpose(1, 2)   # content term query
+        q_v = (q + self.pos_bias_v.to(q.dtype)).transpose(1, 2)   # position term query
+        scale = 1.0 / math.sqrt(self.head_dim)
+        # The position term enters the softmax attention as an additive score bias; the content
+        # term (q_u . k) * scale is what scaled_dot_product_attention computes itself.
+        bias = skew_relative_scores(torch.matmul(q_v, p.transpose(-2, -1))) * scale  # [B, H, L, L]
+        if key_mask is not None:
+            bias = bias.masked_fill_(~key_mask[:, None, None, :], float("-inf"))
+        out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias, scale=scale)
+        if key_mask is not None:
+            # A sequence with no real token at all has only -inf scores: its attention output is
+            # defined as 0 (the reference zero-fills after softmax), never NaN.
+            out = torch.where(key_mask.any(dim=-1)[:, None, None, None], out, 0.0)
+        return self.linear_out(out.transpose(1, 2).flatten(-2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, hidden_size: int, ffn_size: int, device=None, dtype=None):
+        super().__init__()
+        self.w_1 = nn.Linear(hidden_size, ffn_size, device=device, dtype=dtype)
+        self.w_2 = nn.Linear(ffn_size, hidden_size, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.w_2(F.silu(self.w_1(x)))
+
+
+class ConformerLayer(nn.Module):
+    def __init__(self, config: LyricEncoderConfig, device=None, dtype=None):
+        super().__init__()
+        size, eps = config.hidden_size, config.layer_norm_eps
+        self.self_attn = RelPositionSelfAttention(size, config.num_heads, device=device, dtype=dtype)
+        self.feed_forward = FeedForward(size, config.ffn_size, device=device, dtype=dtype)
+        self.norm_ff = nn.LayerNorm(size, eps=eps, device=device, dtype=dtype)
+        self.norm_mha = nn.LayerNorm(size, eps=eps, device=device, dtype=dtype)
+
+    def forward(self, x, pos_table, key_mask):
+        x = x + self.self_attn(self.norm_mha(x), pos_table, key_mask)
+        return x + self.feed_forward(self.norm_ff(x))
+
+
+class _InputProjection(nn.Module):
+    """``embed.out``: Linear -> LayerNorm (the reference's dropout slot 2 has no weights)."""
+
+    def __init__(self, input_size: int, hidden_size: int, eps: float, device=None, dtype=None):
+        super().__init__()
+        self.out = nn.Sequential(nn.Linear(input_size, hidden_size, device=device, dtype=dtype),
+                                 nn.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return self.out(x)
+
+
+class LyricEncoder(nn.Module):
+    """Lyric token embeddings [B, L, hidden] (+ padding mask [B, L]) -> encodings [B, L, hidden].
+
+    The input width equals ``config.hidden_size`` (the released model: 1024 in and out).
+    Attention is bidirectional over the real tokens; padded tokens are never attended to but are
+    still encoded (their rows are not zeroed), as in the reference.
+    """
+
+    def __init__(self, config: LyricEncoderConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        size, eps = config.hidden_size, config.layer_norm_eps
+        self.embed = _InputProjection(size, size, eps, device=device, dtype=dtype)
+        self.encoders = nn.ModuleList(ConformerLayer(config, device=device, dtype=dtype)
+                                      for _ in range(config.num_layers))
+        self.after_norm = nn.LayerNorm(size, eps=eps, device=device, dtype=dtype)
+        self._pos_cache: tuple | None = None  # (key, table): the last length used
+
+    def position_table(self, length: int, device, dtype) -> torch.Tensor:
+        key = (length, torch.device(device), dtype, torch.is_inference_mode_enabled())
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            self._pos_cache = (key, relative_position_table(length, self.config.hidden_size, device, dtype))
+        return self._pos_cache[1]
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(embeddings)
+        if x.shape[1] == 0:  # no tokens: nothing to attend over
+            return x
+        x = x * math.sqrt(self.config.hidden_size)
+        pos_table = self.position_table(x.shape[1], x.device, x.dtype)
+        key_mask = None if mask is None else (mask.to(x.device) != 0)
+        for layer in self.encoders:
+            x = layer(x, pos_table, key_mask)
+        return self.after_norm(x)

@@ -1,0 +1,367 @@
+"""The ACE-Step v1 diffusion transformer (Sana-style linear DiT over audio latents).
+
+    latent x [B, 8, 16, T], timestep t in [0, 1000] (= 1000 sigma), context -> velocity [B, 8, 16, T]
+
+``encode`` builds the cross-attention context ``[speaker (1), tags (L_text), lyrics (L_lyr)]``;
+``decode`` runs the 24 blocks over the T latent frames (the 16 rows are one patch):
+
+    h = PatchEmbed(x)                                   [B, T, 2560]
+    per block, with (shift, scale, gate) x 2 from adaLN-single:
+        h += gate1 * LinearSelfAttn(RMSNorm(h) * (1 + scale1) + shift1)
+        h += CrossAttn(h, context)                      (no norm, no gate)
+        h += gate2 * GLUConvFFN(RMSNorm(h) * (1 + scale2) + shift2)
+    y = Linear(RMSNorm(h) * (1 + scale) + shift)        -> unpatchify
+
+Parameter names are exactly those of the released checkpoint (ComfyUI's single file with the
+``model.diffusion_model.`` prefix removed), so a module built on the meta device loads with
+``load_state_dict(sd, strict=True, assign=True)``. Weights stay in the dtype they were built in;
+activations are cast to that dtype on entry, and the attention math runs in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError, LyricEncoderConfig, TransformerConfig
+from .attention import CrossAttention, LinearSelfAttention, RopeCache
+from .lyric_encoder import LyricEncoder
+
+TIMESTEP_CHANNELS = 256
+RMS_EPS = 1e-6
+PATCH_HIDDEN_PER_CHANNEL = 256  # the patch conv widens in_channels to in_channels * 256
+PATCH_NORM_GROUPS = 32
+
+
+def timestep_sinusoid(t: torch.Tensor, channels: int = TIMESTEP_CHANNELS, max_period: float = 10000.0) -> torch.Tensor:
+    """[B] -> [B, channels] float32: ``[cos(t f_k), sin(t f_k)]``, f_k = max_period^(-k/half)."""
+    half = channels // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat((angles.cos(), angles.sin()), dim=-1)
+
+
+def _is_one(value) -> bool:
+    return isinstance(value, (int, float)) and value == 1.0
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_channels: int, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, dim, device=device, dtype=dtype)
+        self.linear_2 = nn.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class GLUConvFeedForward(nn.Module):
+    """Sana's GLUMBConv over the time axis: 1x1 conv -> SiLU -> depthwise conv (k=3) ->
+    value * SiLU(gate) -> 1x1 conv. The depthwise conv mixes neighbouring frames.
+
+    The 1x1 convs are applied as Linear layers on [B, T, C] (same weights, viewed without the
+    kernel axis), which avoids transposing the wide activations twice.
+    """
+
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        # ModuleDicts give the checkpoint names ``inverted_conv.conv.weight`` etc.
+        self.inverted_conv = nn.ModuleDict({"conv": nn.Conv1d(dim, 2 * hidden, 1, bias=True, **kw)})
+        self.depth_conv = nn.ModuleDict({"conv": nn.Conv1d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden,
+                                                           bias=True, **kw)})
+        self.point_conv = nn.ModuleDict({"conv": nn.Conv1d(hidden, dim, 1, bias=False, **kw)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inverted, depth, point = self.inverted_conv["conv"], self.depth_conv["conv"], self.point_conv["conv"]
+        h = F.silu(F.linear(x, inverted.weight.squeeze(-1), inverted.bias), inplace=True)  # [B, T, 2H]
+        h = F.conv1d(h.transpose(1, 2), depth.weight, depth.bias, padding=1, groups=depth.groups)  # [B, 2H, T]
+        value, gate = h.chunk(2, dim=1)
+        h = value * F.silu(gate)                                                             # [B, H, T]
+        return F.linear(h.transpose(1, 2), point.weight.squeeze(-1))                          # [B, T, C]
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
+        super().__init__()
+        dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
+        self.attn = LinearSelfAttention(dim, heads, head_dim, device=device, dtype=dtype)
+        self.cross_attn = CrossAttention(dim, dim, heads, head_dim, device=device, dtype=dtype)
+        self.ff = GLUConvFeedForward(dim, config.mlp_hidden_dim, device=device, dtype=dtype)
+        # Learned offsets of the six modulation vectors, added to the shared timestep projection.
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim, device=device, dtype=dtype) / dim ** 0.5)
+
+    def forward(self, h, temb, context, rope_x, rope_context, latent_mask=None, context_mask=None):
+        batch, _, dim = h.shape
+        modulation = self.scale_shift_table.to(temb.dtype) + temb.view(batch, 6, dim)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)  # [B, 1, C]
+
+        n = torch.addcmul(shift_msa, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_msa)
+        h = torch.addcmul(h, gate_msa, self.attn(n, rope_x, latent_mask))
+        h = h + self.cross_attn(h, context, rope_x, rope_context, context_mask, latent_mask)
+        n = torch.addcmul(shift_mlp, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_mlp)
+        return torch.addcmul(h, gate_mlp, self.ff(n))
+
+
+class PatchEmbed(nn.Module):
+    """Conv (patch, stride patch) -> GroupNorm -> 1x1 conv; [B, C, H, W] -> [B, H/ph * W/pw, dim]."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size, device=None, dtype=None):
+        super().__init__()
+        hidden = in_channels * PATCH_HIDDEN_PER_CHANNEL
+        kw = dict(device=device, dtype=dtype)
+        self.early_conv_layers = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size=tuple(patch_size), stride=tuple(patch_size), bias=True, **kw),
+            nn.GroupNorm(PATCH_NORM_GROUPS, hidden, eps=1e-6, affine=True, **kw),
+            nn.Conv2d(hidden, dim, kernel_size=1, bias=True, **kw),
+        )
+
+    def forward(self, x):
+        patchify, norm, project = self.early_conv_layers
+        h = norm(patchify(x)).flatten(2).transpose(1, 2)               # [B, S, hidden]
+        return F.linear(h, project.weight.flatten(1), project.bias)  # the 1x1 conv, on [B, S, .]
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_size, out_channels: int, device=None, dtype=None):
+        super().__init__()
+        self.linear = nn.Linear(dim, patch_size[0] * patch_size[1] * out_channels, device=device, dtype=dtype)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim, device=device, dtype=dtype) / dim ** 0.5)
+
+    def forward(self, h, embedded_timestep):
+        """Modulated by the timestep embedding *before* ``t_block`` (as in the reference)."""
+        shift, scale = (self.scale_shift_table.to(h.dtype)[None] + embedded_timestep[:, None]).chunk(2, dim=1)
+        return self.linear(torch.addcmul(shift, F.rms_norm(h, (h.shape[-1],), eps=RMS_EPS), 1 + scale))
+
+
+def _match_statistics(hidden: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """Give ``control`` the per-sample mean/std of ``hidden`` (the reference's ControlNet ``cross_norm``)."""
+    dims = (1, 2)
+    mean_h, std_h = hidden.mean(dim=dims, keepdim=True), hidden.std(dim=dims, keepdim=True)
+    mean_c, std_c = control.mean(dim=dims, keepdim=True), control.std(dim=dims, keepdim=True)
+    return (control - mean_c) * (std_h / (std_c + 1e-12)) + mean_h
+
+
+class AceStepTransformer(nn.Module):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
+        super().__init__()
+        if config.lyric_hidden_size != config.lyric_encoder.hidden_size:
+            raise ConfigError(f"lyric embedding width {config.lyric_hidden_size} differs from the lyric encoder "
+                              f"width {config.lyric_encoder.hidden_size}; ACE-Step uses one width for both")
+        self.config = config
+        kw = dict(device=device, dtype=dtype)
+        dim = config.inner_dim
+
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **kw) for _ in range(config.num_layers))
+        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **kw)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, **kw))
+
+        self.speaker_embedder = nn.Linear(config.speaker_embedding_dim, dim, **kw)
+        self.genre_embedder = nn.Linear(config.text_embedding_dim, dim, **kw)
+        self.lyric_embs = nn.Embedding(config.lyric_encoder_vocab_size, config.lyric_hidden_size, **kw)
+        self.lyric_encoder = LyricEncoder(config.lyric_encoder, **kw)
+        self.lyric_proj = nn.Linear(config.lyric_encoder.hidden_size, dim, **kw)
+
+        # REPA heads (training only: they predict SSL features from a middle block). Unused at
+        # inference, built so that the released weights load strictly.
+        self.projectors = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 2 * dim, **kw), nn.SiLU(), nn.Linear(2 * dim, 2 * dim, **kw), nn.SiLU(),
+                          nn.Linear(2 * dim, ssl_dim, **kw))
+            for ssl_dim in config.ssl_latent_dims)
+
+        self.proj_in = PatchEmbed(config.in_channels, dim, config.patch_size, **kw)
+        self.final_layer = FinalLayer(dim, config.patch_size, config.out_channels, **kw)
+        self.rope = RopeCache(config.attention_head_dim, config.rope_theta)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype, which is also the activation dtype."""
+        return self.proj_in.early_conv_layers[0].weight.dtype
+
+    # -- ERG hook points --------------------------------------------------------------------
+    def attention_modules(self):
+        """(self-attention, cross-attention) of every block, for setting ``query_scale``."""
+        return [(block.attn, block.cross_attn) for block in self.transformer_blocks]
+
+    # -- conditioning -----------------------------------------------------------------------
+    def encode_lyrics(self, lyric_token_idx: torch.Tensor, lyric_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [B, L] -> [B, L, inner_dim]."""
+        embeddings = self.lyric_embs(lyric_token_idx.to(self.lyric_embs.weight.device))
+        return self.lyric_proj(self.lyric_encoder(embeddings, lyric_mask))
+
+    def encode(self, text_hidden_states: torch.Tensor, text_attention_mask: torch.Tensor | None = None,
+               speaker_embeds: torch.Tensor | None = None, lyric_token_idx: torch.Tensor | None = None,
+               lyric_mask: torch.Tensor | None = None, lyrics_strength=1.0):
+        """Cross-attention context [B, 1 + L_text + L_lyr, inner_dim] and its mask (bool, True = attend)
+        or None when neither a text nor a lyric mask is given (then nothing is masked, as in ComfyUI).
+
+        ``speaker_embeds`` None means zeros (the released model has no speaker conditioning: the
+        token is the embedder's bias). ``lyric_token_idx`` None means no lyric tokens at all.
+        Lyric inputs of batch 1 are encoded once and shared by a larger batch. When only one of
+        the two masks is given the other part counts as all-real (ComfyUI would skip masking
+        unless the text mask is given).
+        """
+        dtype = self.dtype
+        text = self.genre_embedder(text_hidden_states.to(dtype))
+        batch, device = text.shape[0], text.device
+
+        if speaker_embeds is None:
+            speaker = self.speaker_embedder.bias.to(dtype).expand(batch, 1, -1)  # Linear(0) == bias
+        else:
+            speaker = self.speaker_embedder(speaker_embeds.to(device, dtype)).unsqueeze(1).expand(batch, -1, -1)
+        parts = [speaker, text]
+        if lyric_token_idx is not None:
+            lyrics = self.encode_lyrics(lyric_token_idx, lyric_mask)
+            if not _is_one(lyrics_strength):
+                lyrics = lyrics * lyrics_strength
+            parts.append(lyrics.expand(batch, -1, -1))
+        context = torch.cat(parts, dim=1)
+
+        if text_attention_mask is None and lyric_mask is None:
+            return context, None
+
+        def keep(mask, length):
+            if mask is None:
+                return torch.ones(batch, length, dtype=torch.bool, device=device)
+            return (mask.to(device) != 0).expand(batch, -1)
+
+        masks = [torch.ones(batch, 1, dtype=torch.bool, device=device), keep(text_attention_mask, text.shape[1])]
+        if lyric_token_idx is not None:
+            masks.append(keep(lyric_mask, lyric_token_idx.shape[-1]))
+        return context, torch.cat(masks, dim=1)
+
+    # -- denoiser ---------------------------------------------------------------------------
+    def unpatchify(self, y: torch.Tensor, width: int) -> torch.Tensor:
+        """[B, S, ph*pw*C] (one patch row) -> [B, C, ph, S*pw], padded/cropped to ``width``."""
+        (ph, pw), channels = self.config.patch_size, self.config.out_channels
+        batch, seq, _ = y.shape
+        out = y.view(batch, seq, ph, pw, channels).permute(0, 4, 2, 1, 3).reshape(batch, channels, ph, seq * pw)
+        if out.shape[-1] < width:
+            out = F.pad(out, (0, width - out.shape[-1]))
+        return out[..., :width]
+
+    def decode(self, x: torch.Tensor, timestep, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None, output_length: int | None = None,
+               controlnet_hidden_states: torch.Tensor | None = None, controlnet_scale=1.0) -> torch.Tensor:
+        """Velocity [B, C_out, 16, output_length] (default: x's width) in the weights' dtype.
+
+        ``timestep`` [B] (or a scalar) is 1000 * sigma; ``attention_mask`` [B, T] marks real frames.
+        """
+        dtype = self.dtype
+        x = x.to(dtype)
+        context = context.to(x.device, dtype)
+        batch = x.shape[0]
+        t = torch.as_tensor(timestep, device=x.device).float().reshape(-1).expand(batch)
+
+        embedded_timestep = self.timestep_embedder(timestep_sinusoid(t).to(dtype))  # [B, C]
+        temb = self.t_block(embedded_timestep)                                      # [B, 6C]
+
+        h = self.proj_in(x)
+        if controlnet_hidden_states is not None:
+            h = h + _match_statistics(h, controlnet_hidden_states.to(dtype)) * controlnet_scale
+
+        rope_x = self.rope(h.shape[1], h.device, dtype)
+        rope_context = self.rope(context.shape[1], h.device, dtype)
+        for block in self.transformer_blocks:
+            h = block(h, temb, context, rope_x, rope_context, attention_mask, context_mask)
+
+        y = self.final_layer(h, embedded_timestep)
+        return self.unpatchify(y, x.shape[-1] if output_length is None else output_length)
+
+    def forward(self, x: torch.Tensor, timestep, attention_mask=None, context: torch.Tensor | None = None,
+                text_attention_mask=None, speaker_embeds=None, lyric_token_idx=None, lyric_mask=None,
+                block_controlnet_hidden_states=None, controlnet_scale=1.0, lyrics_strength=1.0, **kwargs):
+        """ComfyUI's call: ``context`` = UMT5 hidden states; other keywords (``transformer_options``,
+        ``control``, ...) are accepted and ignored."""
+        ctx, ctx_mask = self.encode(context, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask,
+                                    lyrics_strength)
+        return self.decode(x, timestep, ctx, ctx_mask, attention_mask, x.shape[-1],
+                           block_controlnet_hidden_states, controlnet_scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config from tensor shapes
+# ---------------------------------------------------------------------------------------------
+def _require(shapes: Mapping[str, tuple], key: str, what: str) -> tuple:
+    if key not in shapes:
+        raise ConfigError(f"missing '{key}' ({what}); this is not an ACE-Step v1 transformer state dict")
+    return tuple(shapes[key])
+
+
+def _indices(shapes: Mapping[str, tuple], prefix: str) -> list[int]:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for key in shapes if (m := pattern.match(key))})
+
+
+def _count_layers(shapes, prefix: str, what: str) -> int:
+    found = _indices(shapes, prefix)
+    if not found:
+        raise ConfigError(f"no '{prefix}N.*' keys ({what}); this is not an ACE-Step v1 transformer state dict")
+    if found != list(range(len(found))):
+        missing = sorted(set(range(found[-1] + 1)) - set(found))
+        raise ConfigError(f"{what}: '{prefix}N' numbering has gaps (missing {missing[:5]}); the file is incomplete")
+    return len(found)
+
+
+def infer_lyric_encoder_config(shapes: Mapping[str, tuple], prefix: str = "lyric_encoder.") -> LyricEncoderConfig:
+    hidden = _require(shapes, prefix + "after_norm.weight", "lyric encoder output norm")[0]
+    heads, head_dim = _require(shapes, prefix + "encoders.0.self_attn.pos_bias_u", "lyric attention bias")
+    ffn = _require(shapes, prefix + "encoders.0.feed_forward.w_1.weight", "lyric feed-forward")[0]
+    if heads * head_dim != hidden:
+        raise ConfigError(f"lyric encoder: {heads} heads x {head_dim} != width {hidden}")
+    layers = _count_layers(shapes, prefix + "encoders.", "lyric encoder layers")
+    return dataclasses.replace(LyricEncoderConfig(), hidden_size=hidden, num_heads=heads, ffn_size=ffn,
+                               num_layers=layers)
+
+
+def infer_transformer_config(shapes: Mapping[str, tuple], json_config: dict | None = None) -> TransformerConfig:
+    """Sizes from the tensor shapes (canonical keys, no prefix). The attention head size is not
+    visible in any shape: it comes from ``json_config`` (``attention_head_dim``) or is the
+    released 128, and the number of heads follows from the width."""
+    base = TransformerConfig.from_json_dict(json_config) if json_config else TransformerConfig.released()
+
+    inner = _require(shapes, "transformer_blocks.0.attn.to_q.weight", "first block's query projection")[0]
+    head_dim = base.attention_head_dim
+    if head_dim <= 0 or inner % head_dim:
+        raise ConfigError(f"transformer width {inner} is not a multiple of the attention head size {head_dim} "
+                          "(the head size cannot be read from the weights; give it in the config)")
+
+    ff_in = _require(shapes, "transformer_blocks.0.ff.inverted_conv.conv.weight", "first block's feed-forward")
+    mlp_hidden = ff_in[0] // 2
+    mlp_ratio = base.mlp_ratio
+    if int(inner * mlp_ratio) != mlp_hidden:
+        mlp_ratio = mlp_hidden / inner
+        if int(inner * mlp_ratio) != mlp_hidden:  # float rounding landed just below the integer
+            mlp_ratio = (mlp_hidden + 0.5) / inner
+
+    patch_w = _require(shapes, "proj_in.early_conv_layers.0.weight", "patch embedding")
+    in_channels, patch = patch_w[1], (patch_w[2], patch_w[3])
+    out_features = _require(shapes, "final_layer.linear.weight", "output projection")[0]
+    if out_features % (patch[0] * patch[1]):
+        raise ConfigError(f"output projection width {out_features} is not a multiple of the patch {patch}")
+
+    vocab, lyric_hidden = _require(shapes, "lyric_embs.weight", "lyric token embedding")
+    ssl_dims = tuple(_require(shapes, f"projectors.{i}.4.weight", "REPA projector")[0]
+                     for i in _indices(shapes, "projectors."))
+
+    return dataclasses.replace(
+        base,
+        in_channels=in_channels,
+        out_channels=out_features // (patch[0] * patch[1]),
+        num_layers=_count_layers(shapes, "transformer_blocks.", "transformer blocks"),
+        num_attention_heads=inner // head_dim,
+        attention_head_dim=head_dim,
+        mlp_ratio=mlp_ratio,
+        patch_size=patch,
+        speaker_embedding_dim=_require(shapes, "speaker_embedder.weight", "speaker embedder")[1],
+        text_embedding_dim=_require(shapes, "genre_embedder.weight", "text (genre) embedder")[1],
+        ssl_latent_dims=ssl_dims,
+        lyric_encoder_vocab_size=vocab,
+        lyric_hidden_size=lyric_hidden,
+        lyric_encoder=infer_lyric_encoder_config(shapes),
+    )
