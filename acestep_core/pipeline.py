@@ -84,7 +84,8 @@ def sample(models: AceStepModels, cond: Conditioning, seconds: float, steps: int
     total = len(sigmas) - 1
     for i in range(total):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        t = torch.full((batch,), sigma * TIMESTEP_MULTIPLIER, device=device, dtype=dtype)
+        # float32 timesteps: in bf16, 999 would round to 1000 (ComfyUI passes float32 too)
+        t = torch.full((batch,), sigma * TIMESTEP_MULTIPLIER, device=device, dtype=torch.float32)
         xin = x.to(dtype)
         v = transformer.decode(xin, t, ctx_c, mask_c).float()
         if guided:
