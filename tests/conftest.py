@@ -21,6 +21,8 @@ def _add_comfyui_to_path():
             "to a ComfyUI source tree: the tests compare against ComfyUI's own ACE-Step code.")
     if str(COMFYUI_DIR) not in sys.path:
         sys.path.append(str(COMFYUI_DIR))
+    # Subprocesses (the CLI tests) find ComfyUI's lyric vocabulary through this variable.
+    os.environ.setdefault("COMFYUI_DIR", str(COMFYUI_DIR))
 
 
 _add_comfyui_to_path()
