@@ -1,0 +1,36 @@
+"""comfyui-acestep: ACE-Step v1 music generation for ComfyUI, on the acestep_core PyTorch package.
+
+ComfyUI imports this folder as a package. ``acestep_core`` is made importable under its own
+name (the nodes use absolute imports, so there is exactly one copy of it however the pack is
+loaded) without putting this folder on sys.path: that would expose our ``nodes`` package under
+the name of ComfyUI's own ``nodes`` module.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _ensure_acestep_core() -> None:
+    if "acestep_core" in sys.modules:
+        return
+    package_dir = _HERE / "acestep_core"
+    spec = importlib.util.spec_from_file_location("acestep_core", package_dir / "__init__.py",
+                                                  submodule_search_locations=[str(package_dir)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["acestep_core"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["acestep_core"]
+        raise
+
+
+_ensure_acestep_core()
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

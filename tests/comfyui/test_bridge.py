@@ -1,0 +1,707 @@
+"""The pack's MODEL / CLIP / VAE inside ComfyUI's own machinery, in process (no server).
+
+A tiny random-weight checkpoint goes through LoadAceStepCheckpoint; ComfyUI's stock nodes
+(TextEncodeAceStepAudio, ConditioningZeroOut, KSampler, SamplerCustomAdvanced, ModelSamplingSD3,
+VAEEncodeAudio, VAEDecodeAudio, LoRA loading) then run on it, and the sampled latent is compared
+with ComfyUI's own ACE-Step model built from the same weights.
+
+Import detail: ComfyUI has a top-level module ``nodes`` and so does this repository (the
+``nodes/`` package). ComfyUI's code needs its own, so this module registers ComfyUI's nodes.py
+as ``nodes`` and imports the pack as the package ``comfyui_acestep`` (as ComfyUI does, under
+the folder's name), never as ``nodes``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import comfy  # on sys.path through tests/conftest.py
+
+COMFYUI_DIR = Path(list(comfy.__path__)[0]).resolve().parent   # comfy is a namespace package
+REPO = Path(__file__).resolve().parents[2]
+PACK = "comfyui_acestep"
+
+TAGS = "pop, piano, upbeat, female vocal"
+LYRICS = "[verse]\nHello (ooh) world, we sing tonight\n\n[chorus]\nLa la la (yeah)"
+SECONDS = 2.0
+FRAMES = int(SECONDS * 44100 / 512 / 8)          # 21
+SEED, STEPS, CFG = 42, 3, 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Imports: ComfyUI's `nodes`, the pack as a package
+# ---------------------------------------------------------------------------------------------
+def _import_file(name: str, path: Path, package_dir: Path | None = None):
+    kwargs = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
+    spec = importlib.util.spec_from_file_location(name, path, **kwargs)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def comfy_nodes_module():
+    """ComfyUI's nodes.py as `nodes` (what comfy_extras and every ComfyUI module import)."""
+    path = (COMFYUI_DIR / "nodes.py").resolve()
+    current = sys.modules.get("nodes")
+    if current is not None and Path(getattr(current, "__file__", "") or "").resolve() == path:
+        return current
+    return _import_file("nodes", path)
+
+
+def pack_module():
+    if PACK in sys.modules:
+        return sys.modules[PACK]
+    return _import_file(PACK, REPO / "__init__.py", REPO)
+
+
+@pytest.fixture(scope="module")
+def comfy_env():
+    """ComfyUI modules the tests drive, with ComfyUI's `nodes` in place."""
+    import importlib
+    import comfy.utils
+    nodes = comfy_nodes_module()
+    env = {"nodes": nodes}
+    comfy.utils.PROGRESS_BAR_ENABLED = False     # no tqdm bars in the test log
+    for name in ("nodes_ace", "nodes_audio", "nodes_latent", "nodes_model_advanced", "nodes_custom_sampler"):
+        env[name] = importlib.import_module(f"comfy_extras.{name}")
+    return env
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_env):
+    module = pack_module()
+    import importlib
+    return {
+        "root": module,
+        "bridge": importlib.import_module(f"{PACK}.nodes.comfy_bridge"),
+        "loaders": importlib.import_module(f"{PACK}.nodes.loaders"),
+        "conditioning": importlib.import_module(f"{PACK}.nodes.conditioning"),
+        "latents": importlib.import_module(f"{PACK}.nodes.latents"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny checkpoints in ComfyUI's model folders
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, comfy_env):
+    """A checkpoints folder with the tiny single file (and broken files), a diffusion_models
+    folder with the tiny checkpoint in the original folder layout; both registered with
+    folder_paths for the duration of this module."""
+    import folder_paths
+    from acestep_core.testing import write_tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("models")
+    ckpts, diffusion = base / "checkpoints", base / "diffusion_models"
+    ckpts.mkdir()
+    diffusion.mkdir()
+    single = write_tiny_checkpoint(ckpts / "ace_tiny.safetensors", layout="comfyui", seed=0)
+    write_tiny_checkpoint(diffusion / "ace_tiny_folders", layout="folders", seed=0)
+    # The same folder checkpoint reached from checkpoints/ (ComfyUI follows links when listing).
+    (ckpts / "linked_folders").symlink_to(diffusion / "ace_tiny_folders", target_is_directory=True)
+    # Not ACE-Step: a Stable-Diffusion-like key layout.
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(ckpts / "sd_like.safetensors"))
+    # Truncated: the tiny file cut in half (an interrupted download).
+    data = single.read_bytes()
+    (ckpts / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+
+    saved = {k: list(folder_paths.folder_names_and_paths[k][0]) for k in ("checkpoints", "diffusion_models")}
+    folder_paths.add_model_folder_path("checkpoints", str(ckpts), is_default=True)
+    folder_paths.add_model_folder_path("diffusion_models", str(diffusion), is_default=True)
+    yield {"checkpoints": ckpts, "diffusion_models": diffusion, "single": single}
+    for k, paths in saved.items():
+        folder_paths.folder_names_and_paths[k][0][:] = paths
+
+
+@pytest.fixture(scope="module")
+def loaded(pack, model_dirs):
+    """(MODEL, CLIP, VAE) of the tiny single-file checkpoint, through the node."""
+    node = pack["loaders"].LoadAceStepCheckpoint()
+    return node.load("ace_tiny.safetensors", "default")
+
+
+@pytest.fixture(scope="module")
+def conds(comfy_env, loaded):
+    """Positive from ComfyUI's BUILT-IN TextEncodeAceStepAudio fed our CLIP; negative from
+    ConditioningZeroOut."""
+    _, clip, _ = loaded
+    positive = comfy_env["nodes_ace"].TextEncodeAceStepAudio.execute(clip, TAGS, LYRICS, 1.0).result[0]
+    negative = comfy_env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    return positive, negative
+
+
+def _empty_latent(comfy_env, seconds=SECONDS):
+    return comfy_env["nodes_ace"].EmptyAceStepLatentAudio.execute(seconds, 1).result[0]
+
+
+def _ksample(comfy_env, model, conds, latent, seed=SEED, steps=STEPS, cfg=CFG, denoise=1.0,
+             sampler="euler", scheduler="simple"):
+    positive, negative = conds
+    out = comfy_env["nodes"].common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive,
+                                             negative, latent, denoise=denoise)[0]
+    return out["samples"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI's own ACE-Step model at the tiny sizes, with the same weights
+# ---------------------------------------------------------------------------------------------
+def comfyui_reference_model(checkpoint: Path):
+    """ModelPatcher around comfy.model_base.ACEStep built at the tiny sizes.
+
+    ComfyUI's loader hard-codes the released sizes, so the model is built from
+    supported_models.ACEStep with the tiny unet_config, and its lyric Conformer (hard-coded to
+    1024 wide, 16 heads, 4096 FFN, 6 layers) is replaced by one at the tiny sizes."""
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+    from comfy.ldm.ace.lyric_encoder import ConformerEncoder
+    from acestep_core.checkpoint import open_checkpoint
+    from acestep_core.loading import infer_config
+
+    source = open_checkpoint(checkpoint).components["transformer"]
+    cfg = infer_config(source)
+    unet_config = {
+        "audio_model": "ace", "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+        "num_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
+        "attention_head_dim": cfg.attention_head_dim, "inner_dim": cfg.inner_dim, "mlp_ratio": cfg.mlp_ratio,
+        "patch_size": list(cfg.patch_size), "max_height": cfg.max_height, "max_position": cfg.max_position,
+        "max_width": 32768, "speaker_embedding_dim": cfg.speaker_embedding_dim,
+        "text_embedding_dim": cfg.text_embedding_dim, "ssl_latent_dims": list(cfg.ssl_latent_dims),
+        "lyric_encoder_vocab_size": cfg.lyric_encoder_vocab_size, "lyric_hidden_size": cfg.lyric_hidden_size,
+    }
+    model_config = comfy.supported_models.ACEStep(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    lyric = cfg.lyric_encoder
+    model.diffusion_model.lyric_encoder = ConformerEncoder(
+        input_size=cfg.lyric_hidden_size, output_size=lyric.hidden_size, attention_heads=lyric.num_heads,
+        linear_units=lyric.ffn_size, num_blocks=lyric.num_layers, static_chunk_size=0,
+        dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+    missing, unexpected = model.diffusion_model.load_state_dict(source.state_dict(dtype=torch.float32), strict=False)
+    # Non-persistent rotary / positional buffers are not weights; everything else must load.
+    assert [k for k in missing if "rotary" not in k and not k.endswith(".pe")] == [], missing
+    assert unexpected == [], unexpected
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+# =============================================================================================
+# Loader
+# =============================================================================================
+def test_loader_returns_comfyui_objects(pack, loaded):
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.sd
+    model, clip, vae = loaded
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    assert isinstance(model.model, pack["bridge"].AceStepModel)
+    assert isinstance(model.model, comfy.model_base.BaseModel)
+    assert isinstance(model.model, comfy.model_base.ACEStep)       # comfy/lora.py treats it as ACE
+    assert model.model.model_type == comfy.model_base.ModelType.FLOW
+    assert float(model.model.model_sampling.shift) == 3.0
+    assert model.model.latent_format.latent_channels == 8
+    assert model.model_dtype() == torch.float32                     # CPU: "default" is fp32
+    assert isinstance(clip, comfy.sd.CLIP)
+    assert isinstance(vae, comfy.sd.VAE)
+    assert vae.latent_channels == 8 and vae.output_channels == 2 and vae.latent_dim == 2
+    assert vae.upscale_ratio == vae.downscale_ratio == 4096 and vae.extra_1d_channel == 16
+
+
+def test_loader_lists_files_and_original_folders(pack, model_dirs):
+    node = pack["loaders"].LoadAceStepCheckpoint
+    spec = node.INPUT_TYPES()
+    names = spec["required"]["ckpt_name"][0]
+    assert "ace_tiny.safetensors" in names
+    assert "ace_tiny_folders" in names                 # a folder under diffusion_models/, by name
+    assert "linked_folders" in names                   # a folder under checkpoints/
+    # ComfyUI's own list shows the folder's weight files; they are not loadable alone, so ours
+    # leaves them out.
+    import folder_paths
+    inner = "linked_folders/ace_step_transformer/diffusion_pytorch_model.safetensors"
+    assert inner in folder_paths.get_filename_list("checkpoints")
+    assert not any(n.startswith("linked_folders/") for n in names)
+    assert names.index("ace_tiny.safetensors") < names.index("ace_tiny_folders")   # files first
+    assert spec["optional"]["weight_dtype"][0] == ["default", "fp32", "bf16", "fp16"]
+    for section in spec.values():                      # every input has a tooltip
+        for name, (_, options) in section.items():
+            assert options.get("tooltip"), name
+    assert node.RETURN_TYPES == ("MODEL", "CLIP", "VAE") and node.CATEGORY == "loaders"
+
+
+def test_folder_layout_loads_same_model(pack, comfy_env, model_dirs, loaded, conds):
+    """The original folder layout (same random weights) gives the same sampled latent."""
+    model, clip, vae = pack["loaders"].LoadAceStepCheckpoint().load("ace_tiny_folders")
+    a = _ksample(comfy_env, loaded[0], conds, _empty_latent(comfy_env))
+    b = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("no_such_model.safetensors", "not found"),
+    ("sd_like.safetensors", "not an ACE-Step v1 checkpoint"),
+    ("truncated.safetensors", "truncated"),
+])
+def test_loader_errors_name_the_problem(pack, model_dirs, name, expected):
+    from acestep_core.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError) as err:
+        pack["loaders"].LoadAceStepCheckpoint().load(name)
+    assert expected in str(err.value)
+    assert name in str(err.value)
+
+
+def test_unknown_weight_dtype_is_a_clear_error(pack, model_dirs):
+    from acestep_core.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="Unsupported weight dtype"):
+        pack["loaders"].LoadAceStepCheckpoint().load("ace_tiny.safetensors", "int8")
+
+
+# =============================================================================================
+# MODEL: stock samplers, and parity with ComfyUI's own ACE-Step model
+# =============================================================================================
+def test_ksampler_runs_on_our_model(comfy_env, loaded, conds):
+    samples = _ksample(comfy_env, loaded[0], conds, _empty_latent(comfy_env))
+    assert samples.shape == (1, 8, 16, FRAMES)
+    assert torch.isfinite(samples).all() and samples.abs().max() > 0
+
+
+def test_ksampler_matches_comfyui_ace_model(comfy_env, model_dirs, loaded, conds):
+    """Same tiny weights, conditioning, seed, steps and cfg: our MODEL and ComfyUI's ACEStep
+    give the same latent."""
+    reference = comfyui_reference_model(model_dirs["single"])
+    ours = _ksample(comfy_env, loaded[0], conds, _empty_latent(comfy_env))
+    theirs = _ksample(comfy_env, reference, conds, _empty_latent(comfy_env))
+    delta = (ours - theirs).abs().max().item()
+    print(f"\nKSampler euler/simple {STEPS} steps cfg {CFG}: max|ours - ComfyUI ACEStep| = {delta:.3e} "
+          f"(latent max |x| = {theirs.abs().max().item():.3f})")
+    assert delta <= 1e-4
+
+
+def test_extra_conds_match_comfyui(loaded, conds):
+    """Our extra_conds gives ComfyUI ACEStep's keyword arguments for the same conditioning."""
+    import comfy.model_base
+    model = loaded[0].model
+    positive, _ = conds
+    noise = torch.randn(2, 8, 16, FRAMES)
+    kwargs = dict(positive[0][1], cross_attn=positive[0][0], noise=noise, device=noise.device)
+    ours = model.extra_conds(**kwargs)
+    theirs = comfy.model_base.ACEStep.extra_conds(model, **kwargs)
+    assert set(ours) == set(theirs) == {"c_crossattn", "lyric_token_idx", "speaker_embeds", "lyrics_strength"}
+    for key in ("c_crossattn", "lyric_token_idx", "speaker_embeds"):
+        assert torch.equal(ours[key].cond, theirs[key].cond), key
+    assert ours["speaker_embeds"].cond.shape == (2, 512)
+    assert ours["lyrics_strength"].cond == theirs["lyrics_strength"].cond == 1.0
+
+
+def test_sampler_custom_advanced_and_cfg_guider(comfy_env, loaded, conds):
+    """SamplerCustomAdvanced + CFGGuider + BasicScheduler + KSamplerSelect + RandomNoise give
+    the KSampler result."""
+    cs = comfy_env["nodes_custom_sampler"]
+    model = loaded[0]
+    positive, negative = conds
+    guider = cs.CFGGuider.execute(model, positive, negative, CFG).result[0]
+    sigmas = cs.BasicScheduler.execute(model, "simple", STEPS, 1.0).result[0]
+    sampler = cs.KSamplerSelect.execute("euler").result[0]
+    noise = cs.RandomNoise.execute(SEED).result[0]
+    out, _ = cs.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, _empty_latent(comfy_env)).result
+    expected = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    assert torch.allclose(out["samples"], expected, atol=1e-6)
+
+
+def test_model_sampling_sd3_changes_the_shift(comfy_env, loaded, conds):
+    patch = comfy_env["nodes_model_advanced"].ModelSamplingSD3().patch
+    base = _ksample(comfy_env, loaded[0], conds, _empty_latent(comfy_env))
+    same = _ksample(comfy_env, patch(loaded[0], 3.0)[0], conds, _empty_latent(comfy_env))
+    other = _ksample(comfy_env, patch(loaded[0], 6.0)[0], conds, _empty_latent(comfy_env))
+    assert torch.allclose(base, same, atol=1e-6)
+    assert (base - other).abs().max() > 1e-3
+
+
+def test_lora_patches_our_transformer(comfy_env, loaded, conds):
+    """An ACE-Step LoRA in the official key format ('<module path>.lora_A/B.weight') maps onto
+    our transformer (via comfy/lora.py's ACEStep branch) and changes the result; the unpatched
+    model is untouched afterwards."""
+    import comfy.sd
+    model = loaded[0]
+    target = "transformer_blocks.0.attn.to_q"
+    weight = model.model.diffusion_model.get_submodule(target).weight
+    rank = 4
+    lora = {f"{target}.lora_A.weight": torch.randn(rank, weight.shape[1]) * 0.5,
+            f"{target}.lora_B.weight": torch.randn(weight.shape[0], rank) * 0.5}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    assert f"diffusion_model.{target}.weight" in patched.patches
+    before = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    with_lora = _ksample(comfy_env, patched, conds, _empty_latent(comfy_env))
+    after = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    assert (with_lora - before).abs().max() > 1e-4
+    assert torch.equal(before, after)
+
+
+def test_cast_weights_path_gives_same_result(comfy_env, loaded, conds):
+    """Layers became comfy.ops classes; forcing their weight-casting path (what ComfyUI's
+    low-VRAM mode switches on for offloaded layers) gives the same latent."""
+    import comfy.ops
+    model = loaded[0]
+    layers = [m for m in model.model.diffusion_model.modules() if isinstance(m, comfy.ops.CastWeightBiasOp)]
+    assert len(layers) > 10
+    plain = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    try:
+        for m in layers:
+            m.comfy_cast_weights = True
+        cast = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    finally:
+        for m in layers:
+            del m.comfy_cast_weights          # back to the class default (False)
+    assert torch.equal(plain, cast)
+
+
+def test_checkpoint_save_round_trip(comfy_env, pack, model_dirs, loaded, conds):
+    """ComfyUI's checkpoint saving (CheckpointSave) writes our MODEL/CLIP/VAE in the released
+    single-file layout: the file loads through our loader and samples identically."""
+    import comfy.sd
+    model, clip, vae = loaded
+    path = model_dirs["checkpoints"] / "saved_by_comfyui.safetensors"
+    comfy.sd.save_checkpoint(str(path), model, clip, vae)
+    try:
+        from acestep_core.checkpoint import open_checkpoint
+        source = open_checkpoint(path)
+        assert source.layout == "single_file" and source.spiece_model is not None
+        reloaded = pack["loaders"].LoadAceStepCheckpoint().load(path.name)
+        a = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+        b = _ksample(comfy_env, reloaded[0], conds, _empty_latent(comfy_env))
+        assert torch.equal(a, b)
+    finally:
+        path.unlink()
+
+
+def test_weight_dtype_choices(pack):
+    choose = pack["loaders"].choose_dtypes
+    assert choose("default")[:2] == (torch.float32, torch.float32)      # CPU
+    assert choose("bf16") == (torch.bfloat16, torch.bfloat16, torch.float32)
+    assert choose("fp16") == (torch.float16, torch.float32, torch.float32)   # UMT5 stays fp32
+    assert choose("fp32") == (torch.float32, torch.float32, torch.float32)
+
+
+def test_bf16_weights_sample(comfy_env, pack, model_dirs, conds):
+    model, clip, vae = pack["loaders"].LoadAceStepCheckpoint().load("ace_tiny.safetensors", "bf16")
+    assert model.model_dtype() == torch.bfloat16
+    assert clip.cond_stage_model.dtypes == {torch.bfloat16}
+    samples = _ksample(comfy_env, model, conds, _empty_latent(comfy_env), steps=2)
+    assert samples.dtype == torch.float32 and torch.isfinite(samples).all()
+
+
+def test_empty_lyrics_are_one_masked_token(comfy_env, loaded):
+    """Empty lyrics: the original's single masked [0] token. The mask travels as
+    conditioning_lyrics_mask (kept by ConditioningZeroOut) and reaches the transformer as
+    lyric_mask; sampling works."""
+    model, clip, _ = loaded
+    positive = comfy_env["nodes_ace"].TextEncodeAceStepAudio.execute(clip, TAGS, "", 1.0).result[0]
+    negative = comfy_env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    options = positive[0][1]
+    assert options["conditioning_lyrics"].tolist() == [[0]]
+    assert options["conditioning_lyrics_mask"].tolist() == [[0]]
+    assert negative[0][1]["conditioning_lyrics_mask"].tolist() == [[0]]
+    noise = torch.randn(1, 8, 16, FRAMES)
+    extra = model.model.extra_conds(**options, cross_attn=positive[0][0], noise=noise)
+    assert extra["lyric_mask"].cond.tolist() == [[0]]
+    samples = _ksample(comfy_env, model, (positive, negative), _empty_latent(comfy_env), steps=2)
+    assert torch.isfinite(samples).all()
+
+
+def test_low_vram_partial_load_gives_same_result(loaded, conds):
+    """ModelPatcher's low-VRAM load (every layer left offloaded, weights cast per use, LoRA
+    applied as a weight function) denoises exactly like a full load, LoRA included. The LoRA
+    hits layers whose weights our transformer reads directly (the feed-forward's 1x1 conv via
+    a ModuleDict, the lyric embedding whose device picks the token ids' device)."""
+    import comfy.model_management as mm
+    import comfy.sd
+    model = loaded[0]
+    transformer = model.model.diffusion_model
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for target in ("transformer_blocks.0.ff.inverted_conv.conv", "lyric_embs", "transformer_blocks.1.attn.to_q"):
+        w = transformer.get_submodule(target).weight
+        lora[f"{target}.lora_A.weight"] = torch.randn(4, *w.shape[1:], generator=g) * 0.3
+        lora[f"{target}.lora_B.weight"] = torch.randn(w.shape[0], 4, *([1] * (w.ndim - 2)), generator=g) * 0.3
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    assert len(patched.patches) == 3
+    positive = conds[0]
+    x = torch.randn(1, 8, 16, FRAMES, generator=g)
+    sigma = torch.tensor([0.7])
+    kwargs = dict(c_crossattn=positive[0][0], lyric_token_idx=positive[0][1]["conditioning_lyrics"],
+                  speaker_embeds=torch.zeros(1, 512), lyrics_strength=1.0)
+    cpu = torch.device("cpu")
+
+    def denoise(patcher, lowvram_bytes):
+        patcher.patch_model(device_to=cpu, lowvram_model_memory=lowvram_bytes)
+        try:
+            offloaded = sum(bool(getattr(m, "comfy_cast_weights", False)) for m in transformer.modules())
+            with torch.no_grad():
+                return patcher.model.apply_model(x, sigma, **kwargs), offloaded
+        finally:
+            patcher.unpatch_model(cpu)
+
+    mm.unload_all_models()
+    without_lora, _ = denoise(model, 0)
+    full, offloaded_full = denoise(patched, 0)
+    partial, offloaded_partial = denoise(patched, 1)          # a 1-byte budget: nothing fits
+    again, _ = denoise(model, 0)
+    assert offloaded_full == 0 and offloaded_partial > 10
+    assert (full - without_lora).abs().max() > 1e-3         # the LoRA matters
+    delta = (partial - full).abs().max().item()
+    print(f"\nlow-VRAM (all layers offloaded) vs full load, with LoRA: max|delta| = {delta:.3e}")
+    assert delta <= 1e-5
+    assert torch.equal(again, without_lora)                  # nothing left patched or swapped
+    for m in transformer.modules():
+        assert "_acestep_swapped" not in m.__dict__
+
+
+# =============================================================================================
+# Denoise with an input latent
+# =============================================================================================
+def test_denoise_behaviour(comfy_env, loaded, conds):
+    model = loaded[0]
+    generator = torch.Generator().manual_seed(7)
+    source = {"samples": torch.randn(1, 8, 16, FRAMES, generator=generator) * 0.5}
+    steps = 4
+    zero = _ksample(comfy_env, model, conds, source, steps=steps, denoise=0.0)
+    assert torch.equal(zero, source["samples"])                          # denoise 0: untouched
+    full = _ksample(comfy_env, model, conds, source, steps=steps, denoise=1.0)
+    empty = _ksample(comfy_env, model, conds, _empty_latent(comfy_env), steps=steps, denoise=1.0)
+    assert torch.allclose(full, empty, atol=1e-5)                        # denoise 1: input ignored
+    distances = [(_ksample(comfy_env, model, conds, source, steps=steps, denoise=d) - source["samples"]).norm().item()
+                 for d in (0.2, 0.4, 0.6, 0.8)]
+    print("\ndistance to the input latent at denoise 0.2/0.4/0.6/0.8:", [f"{x:.3f}" for x in distances])
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+# =============================================================================================
+# CLIP: built-in TextEncodeAceStepAudio and ours
+# =============================================================================================
+def test_text_encode_builtin_and_ours_agree(comfy_env, pack, loaded):
+    _, clip, _ = loaded
+    builtin = comfy_env["nodes_ace"].TextEncodeAceStepAudio.execute(clip, TAGS, LYRICS, 0.7).result[0]
+    ours = pack["conditioning"].TextEncodeAceStepAudio().encode(clip, TAGS, LYRICS, 0.7)[0]
+    assert len(builtin) == len(ours) == 1
+    assert torch.equal(builtin[0][0], ours[0][0])
+    assert torch.equal(builtin[0][1]["conditioning_lyrics"], ours[0][1]["conditioning_lyrics"])
+    assert builtin[0][1]["lyrics_strength"] == ours[0][1]["lyrics_strength"] == 0.7
+    assert set(builtin[0][1]) == set(ours[0][1])
+
+
+def test_clip_encodes_with_our_tokenizers(loaded):
+    """Tag ids and lyric ids are acestep_core's tokenizers' (lyrics untouched by ComfyUI's
+    weight syntax: parentheses reach the lyric tokenizer), and the hidden states are our UMT5's."""
+    _, clip, _ = loaded
+    text_model = clip.cond_stage_model
+    tokenizer = clip.tokenizer
+    tokens = clip.tokenize(TAGS, lyrics=LYRICS)
+    assert [t for t, _ in tokens["umt5base"][0]] == tokenizer.tag_tokenizer.encode(TAGS)
+    assert [t for t, _ in tokens["lyrics"][0]] == tokenizer.lyric_tokenizer.encode(LYRICS)
+    assert all(w == 1.0 for _, w in tokens["lyrics"][0])
+    paren_ids = tokenizer.lyric_tokenizer.encode("Hello (ooh) world")
+    plain_ids = tokenizer.lyric_tokenizer.encode("Hello ooh world")
+    assert [t for t, _ in clip.tokenize("", lyrics="Hello (ooh) world")["lyrics"][0]] == paren_ids
+    assert paren_ids != plain_ids                                      # the parentheses are tokens
+    cond = clip.encode_from_tokens_scheduled(tokens)
+    hidden, extra = cond[0][0], cond[0][1]
+    ids = torch.tensor([tokenizer.tag_tokenizer.encode(TAGS)])
+    with torch.no_grad():
+        direct = text_model.encoder(ids, attention_mask=torch.ones_like(ids)).float()
+    assert hidden.dtype == torch.float32 and hidden.shape == direct.shape
+    assert torch.equal(hidden, direct)
+    assert extra["pooled_output"] is None
+    assert extra["conditioning_lyrics"].dtype == torch.long
+    assert extra["conditioning_lyrics"].tolist() == [tokenizer.lyric_tokenizer.encode(LYRICS)]
+
+
+def test_clip_state_dict_has_comfyui_keys(loaded):
+    _, clip, _ = loaded
+    sd = clip.get_sd()
+    assert "umt5base.transformer.shared.weight" in sd
+    assert any(k.startswith("umt5base.transformer.encoder.block.0.") for k in sd)
+    assert sd["spiece_model"].dtype == torch.uint8
+
+
+def test_our_latent_nodes_match_builtins(comfy_env, pack):
+    latents = pack["latents"]
+    ours = latents.EmptyAceStepLatentAudio().generate(37.3, 3)[0]
+    builtin = comfy_env["nodes_ace"].EmptyAceStepLatentAudio.execute(37.3, 3).result[0]
+    assert ours["type"] == builtin["type"] == "audio"
+    assert ours["samples"].shape == builtin["samples"].shape == (3, 8, 16, int(37.3 * 44100 / 512 / 8))
+    x = torch.randn(2, 8, 16, 50) * 3
+    for multiplier in (1.0, 0.3, 2.5):
+        a = latents.LatentOperationTonemapReinhard().op(multiplier)[0](latent=x)
+        b = comfy_env["nodes_latent"].LatentOperationTonemapReinhard.execute(multiplier).result[0](latent=x)
+        assert torch.equal(a, b)
+
+
+def test_mirrored_nodes_have_builtin_schema(comfy_env, pack):
+    """Ids, input names, types, defaults, ranges, output types and categories of our copies equal
+    the built-ins' (as the server's /object_info shows them); ours add tooltips."""
+    pairs = [(pack["conditioning"].TextEncodeAceStepAudio, comfy_env["nodes_ace"].TextEncodeAceStepAudio),
+             (pack["latents"].EmptyAceStepLatentAudio, comfy_env["nodes_ace"].EmptyAceStepLatentAudio),
+             (pack["latents"].LatentOperationTonemapReinhard, comfy_env["nodes_latent"].LatentOperationTonemapReinhard)]
+    for ours, builtin in pairs:
+        schema = builtin.define_schema()
+        ours_inputs = ours.INPUT_TYPES()["required"]
+        assert ours.__name__ == schema.node_id
+        assert ours.CATEGORY == schema.category
+        assert list(ours.RETURN_TYPES) == [o.get_io_type() for o in schema.outputs]
+        assert list(ours_inputs) == [i.id for i in schema.inputs]
+        for inp in schema.inputs:
+            their = inp.as_dict()
+            our_type, our_opts = ours_inputs[inp.id]
+            assert not their.get("optional")
+            assert our_type == inp.get_io_type(), inp.id
+            for key, value in their.items():
+                if key not in ("tooltip", "optional"):      # optional: the V1 section says it
+                    assert our_opts.get(key) == value, (schema.node_id, inp.id, key)
+            assert our_opts.get("tooltip"), (schema.node_id, inp.id)
+        assert bool(getattr(ours, "EXPERIMENTAL", False)) == bool(schema.is_experimental)
+
+
+# =============================================================================================
+# VAE with the stock audio nodes
+# =============================================================================================
+def test_vae_decode_audio(comfy_env, loaded):
+    _, _, vae = loaded
+    latent = {"samples": torch.randn(2, 8, 16, FRAMES, generator=torch.Generator().manual_seed(1))}
+    audio = comfy_env["nodes_audio"].VAEDecodeAudio().decode(vae, latent)[0]
+    assert audio["sample_rate"] == 44100
+    assert audio["waveform"].shape == (2, 2, FRAMES * 4096)
+    assert audio["waveform"].dtype == torch.float32 and torch.isfinite(audio["waveform"]).all()
+
+
+def test_vae_decode_is_chunked_and_seamless(loaded):
+    """A latent longer than one window decodes window by window (memory set by the window, not
+    the length) with progress per window, to the audio of a one-piece decode."""
+    import comfy.utils
+    _, _, vae = loaded
+    frames = 70
+    latent = torch.randn(1, 8, 16, frames, generator=torch.Generator().manual_seed(2))
+    updates = []
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    saved = vae.chunk_frames, vae.overlap_frames
+    vae.chunk_frames, vae.overlap_frames = 32, 16           # 4 windows for 70 frames
+    try:
+        wav = vae.decode(latent)
+    finally:
+        vae.chunk_frames, vae.overlap_frames = saved
+        comfy.utils.set_progress_bar_global_hook(hook)
+    assert wav.shape == (1, frames * 4096, 2) and torch.isfinite(wav).all()
+    with torch.no_grad():
+        whole = vae.codec.decode(latent, chunk_frames=None).movedim(1, -1)
+    delta = (wav - whole).abs().max().item()
+    print(f"\nwindowed (32/16) vs one-piece decode of {frames} frames: max|delta| = {delta:.3e}, "
+          f"max|audio| = {whole.abs().max().item():.3f}")
+    assert delta <= 1e-4 * max(1.0, whole.abs().max().item())
+    assert [u for u in updates] == [(k, 4) for k in range(1, 5)]
+
+
+def test_vae_decode_can_be_cancelled(loaded):
+    import comfy.model_management as mm
+    _, _, vae = loaded
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            vae.decode(torch.zeros(1, 8, 16, 8))
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def test_vae_encode_audio(comfy_env, loaded):
+    _, _, vae = loaded
+    samples = int(SECONDS * 44100)
+    wave = torch.sin(torch.arange(samples) / 44100 * 2 * math.pi * 440)[None, None].repeat(1, 2, 1) * 0.3
+    latent = comfy_env["nodes_audio"].VAEEncodeAudio().encode(vae, {"waveform": wave, "sample_rate": 44100})[0]
+    assert latent["samples"].shape == (1, 8, 16, math.ceil(samples / 4096))
+    assert torch.isfinite(latent["samples"]).all()
+    # Round trip through the stock decoder gives audio of the padded length.
+    audio = comfy_env["nodes_audio"].VAEDecodeAudio().decode(vae, latent)[0]
+    assert audio["waveform"].shape == (1, 2, math.ceil(samples / 4096) * 4096)
+
+
+@pytest.mark.parametrize("case", ["half_second", "mono", "8khz", "three_channels"])
+def test_vae_encode_awkward_audio(comfy_env, loaded, case):
+    _, _, vae = loaded
+    encode = comfy_env["nodes_audio"].VAEEncodeAudio().encode
+    g = torch.Generator().manual_seed(3)
+    if case == "half_second":
+        audio = {"waveform": torch.randn(1, 2, 22050, generator=g) * 0.1, "sample_rate": 44100}
+        frames = math.ceil(22050 / 4096)
+    elif case == "mono":
+        mono = torch.randn(1, 1, 44100, generator=g) * 0.1
+        audio = {"waveform": mono, "sample_rate": 44100}
+        frames = math.ceil(44100 / 4096)
+        stereo = encode(vae, {"waveform": mono.repeat(1, 2, 1), "sample_rate": 44100})[0]["samples"]
+    elif case == "8khz":
+        audio = {"waveform": torch.randn(1, 2, 8000, generator=g) * 0.1, "sample_rate": 8000}
+        frames = math.ceil(44100 / 4096)
+    else:
+        audio = {"waveform": torch.randn(1, 3, 44100, generator=g) * 0.1, "sample_rate": 44100}
+        frames = math.ceil(44100 / 4096)
+        first_two = encode(vae, {"waveform": audio["waveform"][:, :2], "sample_rate": 44100})[0]["samples"]
+    latent = encode(vae, audio)[0]["samples"]
+    assert latent.shape == (1, 8, 16, frames) and torch.isfinite(latent).all()
+    if case == "mono":
+        assert torch.equal(latent, stereo)
+    if case == "three_channels":
+        assert torch.equal(latent, first_two)
+
+
+def test_vae_encode_tiny_audio_pads_to_one_frame(loaded):
+    _, _, vae = loaded
+    latent = vae.encode(torch.randn(1, 100, 2) * 0.1)
+    assert latent.shape == (1, 8, 16, 1)
+
+
+@pytest.mark.parametrize("waveform, message", [
+    (torch.full((1, 2, 44100), float("nan")), "NaN"),
+    (torch.zeros(1, 2, 0), "empty"),
+])
+def test_vae_encode_bad_audio_is_a_clear_error(comfy_env, loaded, waveform, message):
+    _, _, vae = loaded
+    with pytest.raises(ValueError, match=message):
+        comfy_env["nodes_audio"].VAEEncodeAudio().encode(vae, {"waveform": waveform, "sample_rate": 44100})
+
+
+def test_vae_rejects_foreign_latents(loaded):
+    _, _, vae = loaded
+    with pytest.raises(ValueError, match=r"\[batch, 8, 16, frames\]"):
+        vae.decode(torch.zeros(1, 4, 64, 64))           # an SD image latent
+
+
+# =============================================================================================
+# Pack import
+# =============================================================================================
+def test_node_collection_skips_missing_modules(pack):
+    import importlib
+    package = importlib.import_module(f"{PACK}.nodes")
+    before = dict(package.NODE_CLASS_MAPPINGS)
+    package._collect("no_such_node_module")            # e.g. a task module not installed
+    assert package.NODE_CLASS_MAPPINGS == before
+
+
+def test_pack_exports(pack):
+    root = pack["root"]
+    assert root.WEB_DIRECTORY == "./web"
+    for node in ("LoadAceStepCheckpoint", "TextEncodeAceStepAudio", "EmptyAceStepLatentAudio",
+                 "LatentOperationTonemapReinhard"):
+        assert node in root.NODE_CLASS_MAPPINGS, node
+    assert root.NODE_DISPLAY_NAME_MAPPINGS["LoadAceStepCheckpoint"] == "Load ACE-Step Checkpoint"
+    # Mirrors of built-ins must not rename the built-ins (ComfyUI applies every display name).
+    for node in ("TextEncodeAceStepAudio", "EmptyAceStepLatentAudio", "LatentOperationTonemapReinhard"):
+        assert node not in root.NODE_DISPLAY_NAME_MAPPINGS
