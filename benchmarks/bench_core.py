@@ -4,9 +4,10 @@
 
 Prints per-step transformer latency and peak memory (mid-size config, and the real config in bf16
 for one step with --real), and DCAE+vocoder decode time and peak memory at the real VAE config.
-Every measurement runs in a fresh subprocess so peak memory is not polluted by earlier ones; peak
+Every measurement runs in a fresh subprocess so peak memory is not polluted by earlier ones. Peak
 memory is the rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
-over its resident set just before the measured call, i.e. the activations and temporaries.
+over its resident set just before the first call: the activations and temporaries, weights
+excluded. Times are the median of the calls after the first.
 Needs ComfyUI's source on sys.path (COMFYUI_DIR, as the tests use).
 """
 from __future__ import annotations
@@ -39,16 +40,19 @@ def _reset_peak() -> None:
 
 
 def _measure(fn, repeats: int):
-    """Run fn repeats times; return (median seconds, peak extra MiB over the RSS before)."""
-    times, peaks = [], []
+    """Peak memory of the first call, measured from the resident set before it (freed memory
+    stays in the allocator, so later calls would not show it), then the median time of
+    ``repeats`` further calls (the first call pays one-off costs such as table building)."""
+    rss_before = _status_kib("VmRSS")
+    _reset_peak()
+    fn()
+    peak_mib = (_status_kib("VmHWM") - rss_before) / 1024
+    times = []
     for _ in range(repeats):
-        rss_before = _status_kib("VmRSS")
-        _reset_peak()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        peaks.append((_status_kib("VmHWM") - rss_before) / 1024)
-    return statistics.median(times), max(peaks)
+    return statistics.median(times), peak_mib
 
 
 def _fill_deterministic(module, seed: int) -> None:
@@ -112,7 +116,6 @@ def worker_transformer(impl: str, size: str, dtype_name: str, frames: int, batch
         with torch.no_grad():
             out["v"] = model(x, t, context=text, lyric_token_idx=lyrics, speaker_embeds=speaker)
 
-    step()  # warm-up (first-call allocations, lazy tables)
     seconds, peak = _measure(step, repeats)
     v = out["v"].float()
     return {"seconds": seconds, "peak_mib": peak, "checksum": float(v.abs().mean()),
