@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-seconds", type=float, nargs="*", default=[30.0, 240.0])
     ap.add_argument("--frames", type=int, default=323, help="latent frames for the transformer step (323 = 30 s)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="transformer dtypes to compare (bf16 is very slow on CPUs without native bf16)")
     args = ap.parse_args(argv)
 
     if args.worker:
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
     print("\n| measurement | ours | ComfyUI | time ratio | ours peak | ComfyUI peak | memory ratio |")
     print("|---|---|---|---|---|---|---|")
     rows = []
-    for dtype in ("fp32", "bf16"):
+    for dtype in args.dtypes:
         spec = ["transformer", None, "mid", dtype, str(frames), "2", str(repeats)]
         ours = run_worker([spec[0], "ours", *spec[2:]], args.threads)
         theirs = run_worker([spec[0], "comfy", *spec[2:]], args.threads)
