@@ -186,7 +186,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="short latents, one repeat (smoke run)")
-    ap.add_argument("--real", action="store_true", help="also one bf16 step at the real 3.3B config")
+    ap.add_argument("--real", action="store_true", help="also one step at the real 3.3B config")
+    ap.add_argument("--real-dtype", default="bf16", choices=["fp32", "bf16"],
+                    help="dtype of the real-config step (bf16 needs ~7 GB per process, fp32 ~14 GB)")
+    ap.add_argument("--real-frames", type=int, default=33)
     ap.add_argument("--decode-seconds", type=float, nargs="*", default=[30.0, 240.0])
     ap.add_argument("--frames", type=int, default=323, help="latent frames for the transformer step (323 = 30 s)")
     ap.add_argument("--threads", type=int, default=0)
@@ -229,10 +232,11 @@ def main(argv=None) -> int:
                          ours, theirs, same))
         print(rows[-1], flush=True)
     if args.real:
-        spec = ["real", "bf16", str(frames), "2", "1"]
+        spec = ["real", args.real_dtype, str(args.real_frames), "2", "1"]
         ours = run_worker(["transformer", "ours", *spec], args.threads)
         theirs = run_worker(["transformer", "comfy", *spec], args.threads)
-        rows.append(_row(f"transformer step, REAL config (3.3B), bf16, batch 2, {frames} frames", ours, theirs))
+        rows.append(_row(f"transformer step, REAL config (3.3B), {args.real_dtype}, batch 2, "
+                         f"{args.real_frames} frames", ours, theirs))
         print(rows[-1], flush=True)
     for seconds in ([2.0] if args.quick else args.decode_seconds):
         ours = run_worker(["decode", "ours", str(seconds), "1"], args.threads)
