@@ -213,6 +213,22 @@ def set_widgets(ui, values: dict[str, dict[str, object]]) -> None:
     assert missing == [], f"widgets not found on the canvas: {missing}"
 
 
+def update_screenshot(new: Path, kept: Path, changed_fraction: float = 1e-3) -> None:
+    """Copy a fresh screenshot over the README's copy unless they look the same: a few pixels
+    always differ between runs (the canvas grid behind the translucent zoom bar), and a
+    rewrite for those would only churn the git history."""
+    from PIL import Image
+
+    if kept.exists():
+        with Image.open(new) as a, Image.open(kept) as b:
+            if a.size == b.size:
+                diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16))
+                if (diff.max(axis=2) > 8).mean() < changed_fraction:
+                    return
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(new.read_bytes())
+
+
 # ---------------------------------------------------------------------------------------------
 # The files
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +337,7 @@ def test_workflow_runs_from_the_canvas(name, comfy_server, tiny_checkpoints, inp
     ui.page.wait_for_function("window.app.canvas.ds.scale !== 1", timeout=30_000)
     ui.page.wait_for_timeout(500)
     assert ui.page_errors == [], ui.page_errors
-    ui.screenshot(DOCS_IMAGES / f"{name}.png")
+    update_screenshot(ui.screenshot(artifacts_dir / f"workflow_{name}_opened.png"), DOCS_IMAGES / f"{name}.png")
 
     set_widgets(ui, {"LoadAceStepCheckpoint": {"ckpt_name": tiny_checkpoints["comfyui"]},
                      "EmptyAceStepLatentAudio": {"seconds": CANVAS_EDIT["seconds"]},
