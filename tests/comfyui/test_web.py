@@ -1,0 +1,334 @@
+"""The pack's frontend extension (web/js/) in the real ComfyUI frontend, headless Chromium.
+
+  * the waveform region picker on AceStepRepaint / AceStepExtend: a graph LoadAudio (a
+    generated WAV in input/) -> VAEEncodeAudio -> AceStepRepaint -> KSampler -> VAEDecodeAudio
+    -> SaveAudio on the tiny checkpoint; the mouse drags across the drawn waveform, the widgets
+    must hold the dragged times, the prompt the Run button sends must carry them, and the run
+    must succeed;
+  * the lyric editor on TextEncodeAceStepAudio: lyrics with structure and language tags and a
+    Chinese and a Japanese line are typed; the highlighted tags, the token count and the
+    per-line language / romanized text must equal the Python LyricTokenizer's own output;
+  * the HTTP routes behind them (nodes/routes.py), including their refusals.
+
+Screenshots of both widgets go to docs/images/ (lyric_editor.png, region_picker.png).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile
+
+from .harness import REPO
+
+SAMPLE_RATE = 44100
+FRAME_SECONDS = 4096 / SAMPLE_RATE     # one latent frame: the finest time step the nodes use
+SONG_SECONDS = 3.0
+DOCS_IMAGES = REPO / "docs" / "images"
+SCREEN = (1500, 950)
+
+LYRICS = ("[verse]\n"
+          "Streetlights humming in the rain, 2 times\n"
+          "[fr]Bonjour mes amis\n"
+          "我爱你中国\n"
+          "東京の夜はきれいです\n"
+          "\n"
+          "[chorus]\n"
+          "Dancing underneath a neon sky")
+
+# Node ids of the test graph (API format; loaded with app.loadApiJson, as a pasted API prompt).
+CKPT, TEXT, ZERO, LOAD, ENCODE, REPAINT, SAMPLER, DECODE, SAVE, EXTEND = range(1, 11)
+LAYOUT = {  # id: (x, y, width, height) in canvas units; the view is reset to scale 1
+    TEXT: (20, 40, 560, 560), REPAINT: (620, 40, 520, 330), EXTEND: (620, 420, 520, 300),
+    CKPT: (1200, 40, 300, 100), ZERO: (1200, 200, 250, 50), LOAD: (1200, 300, 300, 150),
+    ENCODE: (1200, 500, 250, 50), SAMPLER: (1550, 40, 300, 270), DECODE: (1550, 350, 250, 50),
+    SAVE: (1550, 450, 300, 100),
+}
+
+
+def link(node: int, output: int = 0) -> list:
+    return [str(node), output]
+
+
+def repaint_graph(checkpoint: str, audio_name: str) -> dict:
+    nodes = {
+        CKPT: ("LoadAceStepCheckpoint", {"ckpt_name": checkpoint, "weight_dtype": "default"}),
+        TEXT: ("TextEncodeAceStepAudio", {"clip": link(CKPT, 1), "tags": "pop, piano", "lyrics": "[verse]\nla la la",
+                                          "lyrics_strength": 1.0}),
+        ZERO: ("ConditioningZeroOut", {"conditioning": link(TEXT)}),
+        LOAD: ("LoadAudio", {"audio": audio_name}),
+        ENCODE: ("VAEEncodeAudio", {"audio": link(LOAD), "vae": link(CKPT, 2)}),
+        REPAINT: ("AceStepRepaint", {"samples": link(ENCODE), "start_seconds": 0.0, "end_seconds": 1.0,
+                                     "variance": 0.5}),
+        SAMPLER: ("KSampler", {"model": link(CKPT), "positive": link(TEXT), "negative": link(ZERO),
+                               "latent_image": link(REPAINT), "seed": 7, "steps": 2, "cfg": 3.0,
+                               "sampler_name": "euler", "scheduler": "simple", "denoise": 0.5}),
+        DECODE: ("VAEDecodeAudio", {"samples": link(SAMPLER), "vae": link(CKPT, 2)}),
+        SAVE: ("SaveAudio", {"audio": link(DECODE), "filename_prefix": "audio/acestep_web_repaint"}),
+        EXTEND: ("AceStepExtend", {"samples": link(ENCODE), "left_seconds": 0.0, "right_seconds": 0.5}),
+    }
+    return {str(i): {"class_type": kind, "inputs": inputs} for i, (kind, inputs) in nodes.items()}
+
+
+BUILD_JS = """([api, layout]) => {
+    const app = window.app;
+    app.loadApiJson(api, 'acestep_web_test.json');
+    for (const [id, [x, y, w, h]] of Object.entries(layout)) {
+        const n = app.graph.getNodeById(Number(id));
+        n.pos = [x, y];
+        n.setSize([w, h]);
+    }
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [80, 110];  // clear of the side bar and the menu
+    app.graph.setDirtyCanvas(true, true);
+    return app.graph.nodes.length;
+}"""
+
+# The page rectangle of a node, title bar included (for screenshots).
+NODE_RECT_JS = """(id) => {
+    const app = window.app, n = app.graph.getNodeById(id), ds = app.canvas.ds;
+    const box = app.canvas.canvas.getBoundingClientRect();
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    return {x: box.left + (n.pos[0] + ds.offset[0]) * ds.scale,
+            y: box.top + (n.pos[1] - title + ds.offset[1]) * ds.scale,
+            width: n.size[0] * ds.scale, height: (n.size[1] + title) * ds.scale};
+}"""
+
+WIDGETS_JS = """(id) => Object.fromEntries(window.app.graph.getNodeById(id).widgets
+    .filter(w => w.serialize !== false).map(w => [w.name, w.value]))"""
+
+
+def write_song(path: Path, seconds: float) -> Path:
+    """Three seconds of a tone that fades in, so the drawn waveform has a visible shape."""
+    t = np.arange(int(round(seconds * SAMPLE_RATE))) / SAMPLE_RATE
+    envelope = np.minimum(1.0, t / seconds * 1.5)
+    left = 0.5 * envelope * np.sin(2 * np.pi * 220.0 * t)
+    right = 0.4 * envelope * np.sin(2 * np.pi * 277.0 * t)
+    soundfile.write(str(path), np.stack([left, right], axis=1).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def song(comfy_server, tmp_path_factory) -> str:
+    path = write_song(tmp_path_factory.mktemp("web-audio") / "acestep_web_song.wav", SONG_SECONDS)
+    return comfy_server.add_input_file(path)
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server, tiny_checkpoints, song):
+    """The frontend with the test graph on the canvas (no minimap / fps overlay)."""
+    changes = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
+    before = requests.get(comfy_server.url + "/settings", timeout=30).json()
+    requests.post(comfy_server.url + "/settings", json=changes, timeout=30).raise_for_status()
+    try:
+        with comfy_server.browser(*SCREEN) as ui:
+            # No 'Try Nodes 2.0' banner over the canvas (read when the page loads).
+            ui.evaluate("() => { localStorage.clear(); localStorage.setItem('vueNodesBannerDismissed', 'true'); }")
+            ui.page.reload()
+            ui.page.wait_for_function("window.app && window.app.graph")
+            count = ui.evaluate(BUILD_JS, [repaint_graph(tiny_checkpoints["comfyui"], song),
+                                           {str(k): list(v) for k, v in LAYOUT.items()}])
+            assert count == len(LAYOUT)
+            yield ui
+            assert ui.page_errors == [], f"errors in the page: {ui.page_errors}"
+    finally:
+        restore = {key: before.get(key, True) for key in changes}
+        requests.post(comfy_server.url + "/settings", json=restore, timeout=30).raise_for_status()
+
+
+def wave_selector(mode: str) -> str:
+    return f".acestep-wave[data-mode={mode}]"
+
+
+def wait_for_waveform(ui, mode: str) -> dict:
+    ui.page.wait_for_function(f"document.querySelector('{wave_selector(mode)}')?.dataset.state === 'ready'",
+                              timeout=60_000)
+    box = ui.page.locator(f"{wave_selector(mode)} canvas").bounding_box()
+    data = ui.evaluate(f"() => ({{...document.querySelector('{wave_selector(mode)}').dataset}})")
+    return {"box": box, "duration": float(data["duration"]), "view": json.loads(data["view"])}
+
+
+def drag(ui, box: dict, f0: float, f1: float, y_frac: float = 0.5) -> tuple[float, float]:
+    """Press at fraction f0 of the canvas width, move to f1 in small steps, release; returns
+    the page x of both points."""
+    y = box["y"] + box["height"] * y_frac
+    x0, x1 = box["x"] + box["width"] * f0, box["x"] + box["width"] * f1
+    ui.page.mouse.move(x0, y)
+    ui.page.mouse.down()
+    ui.page.mouse.move(x1, y, steps=12)
+    ui.page.mouse.up()
+    return x0, x1
+
+
+def node_screenshot(ui, node_id: int, path: Path) -> None:
+    """A picture of one node as it is on the canvas (nothing selected, so no selection toolbox)."""
+    ui.evaluate("() => { window.app.canvas.deselectAll(); window.app.graph.setDirtyCanvas(true, true); }")
+    ui.page.wait_for_timeout(500)
+    rect = ui.evaluate(NODE_RECT_JS, node_id)
+    ui.page.screenshot(path=str(path), clip={k: rect[k] + d for k, d in (("x", -8), ("y", -8), ("width", 16),
+                                                                              ("height", 16))})
+
+
+def test_routes(comfy_server, song):
+    """Peaks equal the file's own min/max per slice; bad requests are refused with a reason."""
+    r = comfy_server.get("/acestep/audio/peaks", params={"filename": song, "type": "input", "bins": 100})
+    data = r.json()
+    samples, rate = soundfile.read(str(comfy_server.base_dir / "input" / song), dtype="float32", always_2d=True)
+    assert data["sample_rate"] == rate and data["channels"] == 2
+    assert data["duration"] == pytest.approx(samples.shape[0] / rate)
+    mono = samples.mean(axis=1)
+    edges = np.linspace(0, len(mono), 101).astype(int)
+    expected = [[mono[a:b].min(), mono[a:b].max()] for a, b in zip(edges[:-1], edges[1:])]
+    assert np.allclose(data["peaks"], expected, atol=1e-4)
+
+    def status(method, path, **kw):
+        return requests.request(method, comfy_server.url + path, timeout=30, **kw).status_code
+
+    assert status("GET", "/acestep/audio/peaks", params={"filename": "missing.wav"}) == 404
+    assert status("GET", "/acestep/audio/peaks", params={"filename": "../server.log"}) == 400
+    assert status("GET", "/acestep/audio/peaks", params={"filename": song, "type": "models"}) == 400
+    assert status("POST", "/acestep/lyrics/preview", data="not json") == 400
+    assert status("POST", "/acestep/lyrics/preview", json={"lyrics": 3}) == 400
+    empty = requests.post(comfy_server.url + "/acestep/lyrics/preview", json={"lyrics": ""}, timeout=30).json()
+    assert empty["lines"] == [] and empty["total_tokens"] == 1
+
+
+def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, page, song):
+    ui = page
+    wave = wait_for_waveform(ui, "repaint")
+    assert wave["duration"] == pytest.approx(SONG_SECONDS, abs=1e-3)
+    x0, x1 = drag(ui, wave["box"], 0.62, 0.21)  # right to left: the region is still start < end
+    box, duration = wave["box"], wave["duration"]
+    expected = sorted((x - box["x"]) / box["width"] * duration for x in (x0, x1))
+    values = ui.evaluate(WIDGETS_JS, REPAINT)
+    measured = [values["start_seconds"], values["end_seconds"]]
+    error = max(abs(m - e) for m, e in zip(measured, expected))
+    print(f"repaint drag: expected {expected}, widgets {measured}, max |error| {error:.4f} s")
+    assert error <= FRAME_SECONDS, (measured, expected)
+    assert measured[0] != 0.0 and measured[1] != 1.0  # moved from the graph's values
+
+    # The extend picker: drag the right handle outwards from the song's end.
+    ext = wait_for_waveform(ui, "extend")
+    v0, v1 = ext["view"]
+    end_frac = (ext["duration"] - v0) / (v1 - v0)
+    _, x_end = drag(ui, ext["box"], end_frac + 0.02, min(0.97, end_frac + 0.15))
+    right_expected = v0 + (x_end - ext["box"]["x"]) / ext["box"]["width"] * (v1 - v0) - ext["duration"]
+    ext_values = ui.evaluate(WIDGETS_JS, EXTEND)
+    print(f"extend drag: right_seconds {ext_values['right_seconds']} expected {right_expected:.4f}")
+    assert abs(ext_values["right_seconds"] - right_expected) <= FRAME_SECONDS
+    assert ext_values["left_seconds"] == 0.0 and ext_values["right_seconds"] > 1.0  # was 0.5
+
+    # Editing a widget moves the drawn region (the canvas pixels change where the region went).
+    before = ui.page.locator(f"{wave_selector('repaint')} canvas").screenshot()
+    ui.evaluate(f"""() => {{ const n = window.app.graph.getNodeById({REPAINT});
+        const w = n.widgets.find(w => w.name === 'end_seconds'); w.value = {measured[1]} + 0.8;
+        w.callback?.(w.value); }}""")
+    ui.page.wait_for_function(f"""document.querySelector('{wave_selector('repaint')} canvas')
+        && JSON.parse(document.querySelector('{wave_selector('repaint')}').dataset.view)[1] > 0""")
+    ui.page.wait_for_timeout(600)
+    after = ui.page.locator(f"{wave_selector('repaint')} canvas").screenshot()
+    assert before != after
+    ui.evaluate(f"""() => {{ const n = window.app.graph.getNodeById({REPAINT});
+        const w = n.widgets.find(w => w.name === 'end_seconds'); w.value = {measured[1]}; w.callback?.(w.value); }}""")
+    ui.page.wait_for_timeout(600)
+
+    node_screenshot(ui, REPAINT, DOCS_IMAGES / "region_picker.png")
+
+    prompt = ui.graph_to_prompt()
+    inputs = prompt[str(REPAINT)]["inputs"]
+    assert (inputs["start_seconds"], inputs["end_seconds"]) == (measured[0], measured[1])
+    assert prompt[str(EXTEND)]["inputs"]["right_seconds"] == ext_values["right_seconds"]
+    assert not any(k.startswith("acestep_") for node in prompt.values() for k in node["inputs"])
+
+    # Playback source: the file itself through ComfyUI's /view.
+    src = ui.evaluate(f"() => document.querySelector('{wave_selector('repaint')}').dataset.src")
+    assert "/view?" in src and song in src
+    played = requests.get(src, timeout=30)
+    assert played.ok and played.content == (comfy_server.base_dir / "input" / song).read_bytes()
+
+    prompt_id = ui.run()
+    entry = comfy_server.wait_for(prompt_id, timeout=600)
+    queued = entry["prompt"][2][str(REPAINT)]["inputs"]
+    assert (queued["start_seconds"], queued["end_seconds"]) == (measured[0], measured[1])
+    saved = [p for p in comfy_server.output_files(entry) if p.suffix == ".flac"]
+    assert saved, entry["outputs"]
+    data, rate = soundfile.read(str(saved[0]), always_2d=True)
+    assert rate == SAMPLE_RATE and np.isfinite(data).all() and data.shape[0] > 0
+
+
+def test_lyric_editor_matches_the_tokenizer(comfy_server, tiny_checkpoints, page):
+    from acestep_core.text.lyrics import LyricTokenizer
+    from acestep_core.text.vocab import find_lyric_vocab
+
+    ui = page
+    ui.evaluate(f"""() => {{
+        const w = window.app.graph.getNodeById({TEXT}).widgets.find(w => w.name === 'lyrics');
+        w.inputEl.id = 'acestep-test-lyrics'; }}""")
+    box = ui.page.locator("#acestep-test-lyrics")
+    box.click()
+    box.press("Control+A")
+    box.press("Delete")
+    # Typed as a user does; CJK lines arrive the way an input method commits them.
+    for index, line in enumerate(LYRICS.split("\n")):
+        if index:
+            box.press("Enter")
+        if line.isascii():
+            box.type(line, delay=2)
+        else:
+            ui.page.keyboard.insert_text(line)
+    ui.page.wait_for_function("(text) => document.querySelector('.acestep-lyrics')?.dataset.state === 'ready'"
+                              " && document.querySelector('.acestep-lyrics').dataset.text === text",
+                              arg=LYRICS, timeout=60_000)
+    shown = ui.evaluate("""() => {
+        const panel = document.querySelector('.acestep-lyrics');
+        const q = (sel) => [...panel.querySelectorAll(sel)].map(e => e.textContent);
+        return {count: panel.querySelector('.acestep-token-count').textContent,
+                total: Number(panel.querySelector('.acestep-token-count').dataset.total),
+                structure: q('.acestep-tag-structure'), language: q('.acestep-tag-language'),
+                rows: [...panel.querySelectorAll('.acestep-line')].map(r => ({
+                    lang: r.dataset.language ?? null,
+                    text: r.querySelector('.acestep-line-text').textContent,
+                    tokens: Number(r.querySelector('.acestep-line-tokens').textContent)}))};
+    }""")
+    assert ui.evaluate(f"() => window.app.graph.getNodeById({TEXT}).widgets.find(w => w.name === 'lyrics').value"
+                       ) == LYRICS
+
+    checkpoint = comfy_server.base_dir / "models" / "checkpoints" / tiny_checkpoints["comfyui"]
+    preview = LyricTokenizer(find_lyric_vocab(checkpoint)).preview(LYRICS)
+    print(preview.format())
+    assert shown["total"] == preview.total_tokens
+    assert shown["count"] == f"{preview.total_tokens} / {preview.limit} tokens"
+    assert shown["rows"] == [{"lang": line.language, "text": line.text, "tokens": line.token_count}
+                             for line in preview.lines]
+    assert shown["structure"] == ["[verse]", "[chorus]"]
+    assert shown["language"] == ["[fr]"]
+    by_source = {line.source: line for line in preview.lines}
+    assert by_source["我爱你中国"].language == "zh" and by_source["東京の夜はきれいです"].language == "ja"
+    # The romanized lines are Latin text (pinyin, romaji) in the panel.
+    for source in ("我爱你中国", "東京の夜はきれいです"):
+        text = shown["rows"][LYRICS.split("\n").index(source)]["text"]
+        assert text and text.isascii(), text
+
+    node_screenshot(ui, TEXT, DOCS_IMAGES / "lyric_editor.png")
+
+
+def test_region_picker_placeholder_without_audio(page):
+    """A repaint node with nothing connected explains what to connect instead of a waveform."""
+    ui = page
+    node_id = ui.evaluate("""() => {
+        const n = LiteGraph.createNode('AceStepRepaint');
+        n.pos = [1200, 650];
+        window.app.graph.add(n);
+        return n.id;
+    }""")
+    try:
+        ui.page.wait_for_function("""(id) => {
+            const n = window.app.graph.getNodeById(id);
+            const w = n.widgets.find(w => w.name === 'acestep_waveform');
+            return w && w.element.dataset.state === 'empty';
+        }""", arg=node_id, timeout=30_000)
+    finally:
+        ui.evaluate("(id) => window.app.graph.remove(window.app.graph.getNodeById(id))", node_id)

@@ -1,0 +1,379 @@
+// Waveform region picker for AceStepRepaint and AceStepExtend.
+//
+// The node's `samples` input is followed upstream (through VAEEncodeAudio's `audio` input, and
+// through reroutes) to a LoadAudio node; that file's waveform is drawn from
+// GET /acestep/audio/peaks (nodes/routes.py), and it plays through ComfyUI's /view URL.
+//   * AceStepRepaint: drag across the waveform to pick the part to regenerate; it is written
+//     into start_seconds / end_seconds. Dragging near an edge of the region moves that edge.
+//   * AceStepExtend: the song sits in the middle of a timeline with room on both sides; drag
+//     the left / right handle outwards to set left_seconds / right_seconds.
+// Editing the number widgets moves the region. With no audio upstream a placeholder says what
+// to connect. The number widgets stay the source of truth and keep working on their own.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const PICKER_NODES = {
+  AceStepRepaint: { mode: "repaint", a: "start_seconds", b: "end_seconds" },
+  AceStepExtend: { mode: "extend", a: "left_seconds", b: "right_seconds" },
+};
+const WIDGET_NAME = "acestep_waveform";
+const HEIGHT = 130;           // canvas height in CSS pixels
+const PEAK_BINS = 1200;
+const EDGE_GRAB_PX = 6;       // a press this close to a region edge moves that edge
+const POLL_MS = 250;
+
+const STYLE = `
+.acestep-wave { box-sizing: border-box; width: 100%; height: 100%; display: flex; flex-direction: column;
+  gap: 3px; font: 11px/1.3 system-ui, sans-serif; color: var(--input-text, #ddd); }
+.acestep-wave canvas { width: 100%; flex: 1 1 auto; min-height: 60px; display: block; cursor: crosshair;
+  background: var(--comfy-input-bg, #1c1c1c); border: 1px solid var(--border-color, #444); border-radius: 6px;
+  touch-action: none; }
+.acestep-wave-bar { display: flex; gap: 6px; align-items: center; min-height: 20px; }
+.acestep-wave-bar button { font: inherit; padding: 1px 8px; border-radius: 4px; cursor: pointer;
+  color: var(--input-text, #ddd); background: var(--comfy-menu-bg, #333); border: 1px solid var(--border-color, #555); }
+.acestep-wave-bar button:disabled { opacity: 0.4; cursor: default; }
+.acestep-wave-info { opacity: 0.75; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+`;
+
+function addStyle() {
+  if (document.getElementById("acestep-waveform-style")) return;
+  const style = document.createElement("style");
+  style.id = "acestep-waveform-style";
+  style.textContent = STYLE;
+  document.head.appendChild(style);
+}
+
+function linkById(graph, id) {
+  if (id == null || !graph) return null;
+  return graph.links?.get ? graph.links.get(id) : graph.links?.[id];
+}
+
+function originOf(node, inputName) {
+  const input = inputName == null ? node.inputs?.[0] : node.inputs?.find((i) => i.name === inputName);
+  const link = linkById(node.graph, input?.link);
+  return link ? node.graph.getNodeById(link.origin_id) : null;
+}
+
+// The audio file feeding `node`'s samples: {filename, subfolder, type} or null.
+export function upstreamAudio(node) {
+  let current = originOf(node, "samples");
+  for (let hops = 0; current && hops < 16; hops++) {
+    const type = current.comfyClass ?? current.type;
+    if (type === "LoadAudio") {
+      const widget = current.widgets?.find((w) => w.name === "audio");
+      const value = typeof widget?.value === "string" ? widget.value.trim() : "";
+      if (!value) return null;
+      // LoadAudio values look like "name.wav", "sub/name.wav" or "name.wav [output]".
+      const annotated = value.match(/^(.*?)\s*\[(input|output|temp)\]$/);
+      const path = annotated ? annotated[1] : value;
+      const folder = annotated ? annotated[2] : "input";
+      const cut = path.lastIndexOf("/");
+      return { filename: path.slice(cut + 1), subfolder: cut >= 0 ? path.slice(0, cut) : "", type: folder };
+    }
+    if (type === "VAEEncodeAudio") current = originOf(current, "audio");
+    else if (type === "Reroute") current = originOf(current, null);
+    else return null;
+  }
+  return null;
+}
+
+function fmt(seconds) {
+  return `${seconds.toFixed(2)} s`;
+}
+
+function round2(x) {
+  return Math.round(x * 100) / 100;
+}
+
+function attachPicker(node, spec) {
+  const wa = node.widgets?.find((w) => w.name === spec.a);
+  const wb = node.widgets?.find((w) => w.name === spec.b);
+  if (!wa || !wb || typeof node.addDOMWidget !== "function") return;
+  if (node.widgets.some((w) => w.name === WIDGET_NAME)) return;
+  addStyle();
+
+  const root = document.createElement("div");
+  root.className = "acestep-wave";
+  root.dataset.mode = spec.mode;
+  const canvas = document.createElement("canvas");
+  canvas.className = "acestep-wave-canvas";
+  const bar = document.createElement("div");
+  bar.className = "acestep-wave-bar";
+  const play = document.createElement("button");
+  play.className = "acestep-wave-play";
+  play.textContent = "▶ Play";
+  play.disabled = true;
+  const info = document.createElement("span");
+  info.className = "acestep-wave-info";
+  bar.append(play, info);
+  root.append(canvas, bar);
+  const audio = new Audio();
+  audio.preload = "none";
+
+  const widget = node.addDOMWidget(WIDGET_NAME, "acestep-waveform", root, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: () => HEIGHT + 26,
+    getMaxHeight: () => HEIGHT + 80,
+  });
+  widget.serialize = false;
+
+  // state.view: the time range drawn across the canvas (the song for repaint; the song with
+  // room on both sides for extend, frozen while dragging so the handles do not run away).
+  const state = { source: null, key: null, peaks: null, duration: 0, error: null, loading: false,
+                  view: [0, 1], drag: null, lastDrawn: null, playing: false };
+
+  const getA = () => Number(wa.value) || 0;
+  const getB = () => Number(wb.value) || 0;
+  const setWidget = (w, v) => {
+    const value = round2(v);
+    if (w.value === value) return;
+    w.value = value;
+    w.callback?.(value, app.canvas, node);
+  };
+
+  function extendView() {
+    const pad = Math.max(state.duration * 0.5, getA() * 1.15, getB() * 1.15, 5);
+    return [-pad, state.duration + pad];
+  }
+  function currentView() {
+    if (state.drag?.view) return state.drag.view;
+    return spec.mode === "extend" ? extendView() : [0, state.duration];
+  }
+  // Region in song time: repaint [start, end]; extend [-left, duration + right].
+  function region() {
+    return spec.mode === "extend" ? [-getA(), state.duration + getB()] : [getA(), getB()];
+  }
+  function timeAt(clientX, view) {
+    const rect = canvas.getBoundingClientRect();
+    const f = Math.min(1, Math.max(0, (clientX - rect.left) / rect.width));
+    return view[0] + f * (view[1] - view[0]);
+  }
+
+  function draw() {
+    const rect = canvas.getBoundingClientRect();
+    const scale = rect.width > 0 ? canvas.clientWidth / rect.width : 1;  // the canvas zoom, undone
+    const cssW = Math.max(1, canvas.clientWidth), cssH = Math.max(1, canvas.clientHeight);
+    const dpr = (window.devicePixelRatio || 1) / (scale || 1);
+    const W = Math.round(cssW * dpr), H = Math.round(cssH * dpr);
+    if (canvas.width !== W || canvas.height !== H) { canvas.width = W; canvas.height = H; }
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, cssW, cssH);
+    g.font = "12px system-ui, sans-serif";
+    g.textBaseline = "middle";
+    if (!state.peaks) {
+      g.fillStyle = "rgba(200,200,200,0.6)";
+      g.textAlign = "center";
+      const message = state.loading ? "Loading waveform…"
+        : state.error ? `No waveform: ${state.error}`
+        : "No audio: connect LoadAudio → VAEEncodeAudio → samples";
+      g.fillText(message, cssW / 2, cssH / 2, cssW - 12);
+      root.dataset.state = state.loading ? "loading" : state.error ? "error" : "empty";
+      return;
+    }
+    const view = currentView();
+    root.dataset.view = JSON.stringify(view);  // the time range across the canvas, for tests
+    const x = (t) => ((t - view[0]) / (view[1] - view[0])) * cssW;
+    const mid = cssH / 2, amp = cssH / 2 - 4;
+    // The song's extent (extend mode shows room around it).
+    if (spec.mode === "extend") {
+      g.fillStyle = "rgba(255,255,255,0.04)";
+      g.fillRect(x(0), 0, x(state.duration) - x(0), cssH);
+    }
+    // Waveform: one vertical line per pixel column, min..max of the peaks under it.
+    const n = state.peaks.length;
+    g.strokeStyle = "#6fa8dc";
+    g.lineWidth = 1;
+    g.beginPath();
+    const x0 = Math.max(0, Math.floor(x(0))), x1 = Math.min(cssW, Math.ceil(x(state.duration)));
+    for (let px = x0; px < x1; px++) {
+      const t0 = view[0] + (px / cssW) * (view[1] - view[0]);
+      const t1 = view[0] + ((px + 1) / cssW) * (view[1] - view[0]);
+      const i0 = Math.max(0, Math.floor((t0 / state.duration) * n));
+      const i1 = Math.min(n, Math.max(i0 + 1, Math.ceil((t1 / state.duration) * n)));
+      let lo = 0, hi = 0;
+      for (let i = i0; i < i1; i++) { lo = Math.min(lo, state.peaks[i][0]); hi = Math.max(hi, state.peaks[i][1]); }
+      g.moveTo(px + 0.5, mid - hi * amp);
+      g.lineTo(px + 0.5, mid - lo * amp + 0.5);
+    }
+    g.stroke();
+    g.strokeStyle = "rgba(255,255,255,0.15)";
+    g.beginPath(); g.moveTo(0, mid + 0.5); g.lineTo(cssW, mid + 0.5); g.stroke();
+
+    // The region.
+    const [r0, r1] = region();
+    const lo = Math.min(r0, r1), hi = Math.max(r0, r1);
+    if (spec.mode === "repaint") {
+      g.fillStyle = "rgba(255, 170, 60, 0.28)";
+      g.fillRect(x(lo), 0, x(hi) - x(lo), cssH);
+    } else {
+      g.fillStyle = "rgba(120, 220, 120, 0.22)";
+      g.fillRect(x(lo), 0, x(0) - x(lo), cssH);
+      g.fillRect(x(state.duration), 0, x(hi) - x(state.duration), cssH);
+    }
+    g.strokeStyle = spec.mode === "repaint" ? "#ffaa3c" : "#78dc78";
+    g.lineWidth = 2;
+    for (const t of [lo, hi]) { g.beginPath(); g.moveTo(x(t), 0); g.lineTo(x(t), cssH); g.stroke(); }
+    // Playhead.
+    if (state.playing) {
+      const t = audio.currentTime;
+      g.strokeStyle = "#fff"; g.lineWidth = 1;
+      g.beginPath(); g.moveTo(x(t), 0); g.lineTo(x(t), cssH); g.stroke();
+    }
+    g.fillStyle = "rgba(255,255,255,0.85)";
+    g.textAlign = "left";
+    const label = spec.mode === "repaint"
+      ? `repaint ${fmt(lo)} → ${fmt(hi)}`
+      : `+${fmt(getA())} before · +${fmt(getB())} after`;
+    g.fillText(label, 6, 10);
+    root.dataset.state = "ready";
+  }
+
+  function updateInfo() {
+    if (!state.source) { info.textContent = ""; return; }
+    const name = state.source.subfolder ? `${state.source.subfolder}/${state.source.filename}` : state.source.filename;
+    info.textContent = state.peaks ? `${name} · ${fmt(state.duration)}` : name;
+    info.title = info.textContent;
+  }
+
+  async function loadPeaks(source) {
+    const key = JSON.stringify(source);
+    state.key = key;
+    state.source = source;
+    state.peaks = null;
+    state.error = null;
+    audio.pause();
+    play.disabled = true;
+    updateInfo();
+    if (!source) { draw(); return; }
+    state.loading = true;
+    draw();
+    const query = new URLSearchParams({ ...source, bins: String(PEAK_BINS) });
+    try {
+      const response = await api.fetchApi(`/acestep/audio/peaks?${query}`);
+      const result = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+      if (state.key !== key) return;
+      if (!response.ok || result.error) throw new Error(result.error ?? `HTTP ${response.status}`);
+      state.peaks = result.peaks;
+      state.duration = result.duration;
+      root.dataset.duration = String(result.duration);
+      const view = new URLSearchParams({ filename: source.filename, subfolder: source.subfolder, type: source.type });
+      audio.src = api.apiURL(`/view?${view}`);
+      root.dataset.src = audio.src;
+      play.disabled = false;
+    } catch (err) {
+      if (state.key !== key) return;
+      state.error = err?.message ?? String(err);
+    } finally {
+      if (state.key === key) { state.loading = false; updateInfo(); draw(); }
+    }
+  }
+
+  // Dragging. Repaint: a press near a region edge moves that edge, elsewhere starts a new region
+  // at the press. Extend: the press takes the nearer handle (left of the song's middle: left).
+  canvas.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0 || !state.peaks) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const view = currentView();
+    const t = timeAt(e.clientX, view);
+    const rect = canvas.getBoundingClientRect();
+    const secondsPerPx = (view[1] - view[0]) / rect.width;
+    let anchor = null, handle = null;
+    if (spec.mode === "repaint") {
+      const [s, en] = region();
+      if (Math.abs(t - en) <= EDGE_GRAB_PX * secondsPerPx) anchor = s;
+      else if (Math.abs(t - s) <= EDGE_GRAB_PX * secondsPerPx) anchor = en;
+      else anchor = t;
+    } else {
+      handle = t < state.duration / 2 ? "left" : "right";
+    }
+    state.drag = { view, anchor, handle, pointer: e.pointerId };
+    canvas.setPointerCapture?.(e.pointerId);
+    move(e);
+  });
+  function move(e) {
+    if (!state.drag) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const t = timeAt(e.clientX, state.drag.view);
+    if (spec.mode === "repaint") {
+      const lo = Math.max(0, Math.min(state.drag.anchor, t));
+      const hi = Math.min(state.duration, Math.max(state.drag.anchor, t));
+      setWidget(wa, lo);
+      setWidget(wb, hi);
+    } else if (state.drag.handle === "left") {
+      setWidget(wa, Math.max(0, -t));
+    } else {
+      setWidget(wb, Math.max(0, t - state.duration));
+    }
+    draw();
+    node.setDirtyCanvas?.(true, true);
+  }
+  canvas.addEventListener("pointermove", move);
+  const end = (e) => {
+    if (!state.drag) return;
+    move(e);
+    canvas.releasePointerCapture?.(state.drag.pointer);
+    state.drag = null;
+    draw();
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+
+  // Playback: repaint plays the region, extend plays the song (the new parts do not exist yet).
+  let stopAt = null;
+  play.addEventListener("click", (e) => {
+    e.stopPropagation();
+    if (!audio.paused) { audio.pause(); return; }
+    const [s, en] = spec.mode === "repaint" ? [Math.min(getA(), getB()), Math.max(getA(), getB())] : [0, state.duration];
+    const from = Math.max(0, Math.min(s, state.duration));
+    stopAt = en > from ? Math.min(en, state.duration) : state.duration;
+    audio.currentTime = from;
+    audio.play().catch((err) => { info.textContent = `cannot play: ${err?.message ?? err}`; });
+  });
+  audio.addEventListener("play", () => { state.playing = true; play.textContent = "■ Stop"; tick(); });
+  audio.addEventListener("pause", () => { state.playing = false; play.textContent = "▶ Play"; draw(); });
+  audio.addEventListener("timeupdate", () => { if (stopAt != null && audio.currentTime >= stopAt) audio.pause(); });
+  function tick() {
+    if (!state.playing) return;
+    draw();
+    requestAnimationFrame(tick);
+  }
+
+  // Follow the graph: upstream file changes reload the peaks, widget edits redraw the region.
+  const poll = setInterval(() => {
+    if (!node.graph) return;
+    let source = null;
+    try { source = upstreamAudio(node); } catch { source = null; }
+    if (JSON.stringify(source) !== state.key) { loadPeaks(source); return; }
+    const drawn = `${getA()}|${getB()}|${canvas.clientWidth}|${canvas.clientHeight}`;
+    if (drawn !== state.lastDrawn && !state.drag) { state.lastDrawn = drawn; draw(); }
+  }, POLL_MS);
+
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function () {
+    clearInterval(poll);
+    audio.pause();
+    audio.removeAttribute("src");
+    return onRemoved?.apply(this, arguments);
+  };
+  state.key = undefined;  // first poll loads
+  draw();
+}
+
+app.registerExtension({
+  name: "comfyui-acestep.waveform",
+  nodeCreated(node) {
+    const spec = PICKER_NODES[node.comfyClass];
+    if (!spec) return;
+    try {
+      attachPicker(node, spec);
+    } catch (err) {
+      console.warn("comfyui-acestep: waveform picker not available on this node", err);
+    }
+  },
+});
