@@ -229,10 +229,18 @@ class ComfyServer:
         """Every line where ComfyUI reports a failed import (any pack, or its own extras)."""
         return [line.strip() for line in self.log().splitlines() if "IMPORT FAILED" in line]
 
-    def tracebacks(self) -> list[str]:
-        """Every Python traceback in the log, each as one string (header, frames, exception)."""
+    def startup_log(self) -> str:
+        """The log up to 'Starting server': where import-time problems of packs show up. Later
+        tracebacks come from prompts (tests that feed bad input on purpose make some)."""
+        log = self.log()
+        end = log.find("Starting server")
+        return log if end < 0 else log[:end]
+
+    def tracebacks(self, log: str | None = None) -> list[str]:
+        """Every Python traceback in the log (or the given part of it), each as one string
+        (header, frames, exception)."""
         blocks, current = [], None
-        for line in self.log().splitlines():
+        for line in (self.log() if log is None else log).splitlines():
             if line.startswith("Traceback (most recent call last):"):
                 current = [line]
             elif current is not None:
@@ -245,8 +253,8 @@ class ComfyServer:
     def pack_problems(self) -> list[str]:
         """Why a required pack is not (fully) loaded: missing from, or IMPORT FAILED in, ComfyUI's
         'Import times for custom nodes' list ('<seconds> seconds[ (IMPORT FAILED)]: <path>'), or
-        a logged traceback through the pack's files (a pack may catch an error in one of its
-        modules, log it and load the rest: the user would then miss nodes)."""
+        a traceback through the pack's files logged while packs load (a pack may catch an error
+        in one of its modules, log it and load the rest: the user would then miss nodes)."""
         lines = self.log().splitlines()
         problems = []
         packs_by_name = {self.pack_link_name(p): p for p in self.packs}
@@ -260,7 +268,7 @@ class ComfyServer:
             roots = {str(link) + os.sep}
             if name in packs_by_name:
                 roots.add(str(packs_by_name[name]) + os.sep)
-            for block in self.tracebacks():
+            for block in self.tracebacks(self.startup_log()):
                 if any(root in block for root in roots):
                     problems.append(f"custom node pack {name!r}: a traceback through its files was logged:\n{block}")
         return problems
