@@ -218,8 +218,10 @@ if [ "$WANT_BROWSER" = 1 ]; then
     fi
     say "installing chromium with apt-get (about a minute)"
     step "apt-get update" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # fonts-noto-cjk: without it the browser draws Chinese/Japanese lyrics as boxes in the
+    # screenshots the tests take for the README (the tests themselves pass either way).
     step "apt-get install chromium" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends chromium
+      apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk
     CHROMIUM_PATH="$(find_chromium)" || die "apt-get installed chromium, but no chromium is on PATH"
   fi
 fi
