@@ -1,15 +1,18 @@
-"""Lyrics -> token ids for ACE-Step's lyric encoder.
+"""Lyrics -> token ids for ACE-Step's lyric encoder, as the original app tokenizes them.
 
 The sequence follows the original pipeline (ACE-Step ``tokenize_lyrics``):
 
-    [START]=261, then for every line of ``lyrics.split("\\n")``:
-        empty line (after strip)        -> [SPACE]=2
-        otherwise                       -> BPE("[<lang>]" + cleaned line, spaces -> "[SPACE]") + [2]
+    [START]=261, then for every line of ``lyrics.split("\\n")``, stripped:
+        empty line                      -> [SPACE]=2
+        otherwise                       -> BPE("[<lang>]" + normalised line, spaces -> "[SPACE]") + [2]
 
-  * ``<lang>`` is the line's language: an explicit ``[xx]`` tag at the start of the line (one of
-    the 17 supported codes, case-insensitive, removed from the line), else the pluggable
-    ``detect_language(line)`` (for now always "en"; the original detects it per line). The tag is
-    ComfyUI's convention: the original has none and would read "[fr]..." as a structure line.
+  * ``<lang>`` is the line's language, detected per line exactly as the original does it
+    (language.py: LangSegment's segmentation over the py3langid 0.3.0 model, most characters wins,
+    English gives way to any other language found), then mapped to the 17 languages with a
+    prefix token (anything else -> English).
+  * An explicit ``[xx]`` tag at the start of a line (one of the 17 codes, any case) overrides
+    detection and is removed from the line. This is ComfyUI's convention, not the original's
+    (which would read "[fr]..." as a structure line, in English).
   * A line that starts with ``[...]`` (after removing a language tag) is a structure line and is
     cleaned and prefixed as English: ``[Verse]`` -> ``[en][verse]`` -> ids 259, 6683. The twelve
     structure tags are single ids only when the brackets hold nothing but the tag name
@@ -17,25 +20,37 @@ The sequence follows the original pipeline (ACE-Step ``tokenize_lyrics``):
   * Chinese uses the prefix token ``[zh-cn]``.
   * Empty lyrics give ids [0] with mask [0] (the original's "no lyrics" input).
 
-Cleaning (``normalize(text, lang)``, pluggable): English follows the original's
-``multilingual_cleaners(text, "en")``: drop '"', lowercase, spell numbers (currency, decimals,
-ordinals, integers, with words identical to num2words 0.5.14, which the original uses: "one
-hundred and twenty-three", "twenty-first", "twelve point five", "five dollars"), expand
-abbreviations ("mr." -> "mister") and symbols ("&" -> "and"), collapse whitespace. Other
-languages currently get only the language-independent part (drop '"', lowercase, collapse
-whitespace); their own number words, pinyin, romanisation and automatic detection come later.
+Normalisation (normalize.py, ``normalize_line``): per-language number words, abbreviations and
+symbols, lowercase, collapsed whitespace; Chinese to tone-numbered pinyin, Korean romanized,
+Japanese romaji (pykakasi here: the one deliberate difference from the original, which uses
+cutlet), Hindi only lowercased.
 
+Where this differs from the original on purpose:
+  * Japanese romaji come from pykakasi, not cutlet (see romanize.py);
+  * ``[xx]`` language tags (above);
+  * a line whose normalisation raises is kept with the basic cleaner (lowercase, whitespace) and
+    a note, where the original prints an error and drops the line.
 Parentheses are ordinary text here. (ComfyUI passes lyrics through its prompt-weight parser,
 which removes them: "(ooh)" reaches its tokenizer as "ooh".)
+
+For previews (``LyricTokenizer.preview``): per line the language, whether it was detected, the
+text the model reads and its token count, the total against the lyric length the model was
+trained with (``LYRIC_TOKEN_LIMIT``) and how many tokens lie beyond it.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
-from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
+
+from .language import detect_language as detect_line_language
+from .language import detection_warning
+from .normalize import (clean_basic, clean_english, collapse_whitespace, expand_english_numbers,
+                        normalize_line, number_words_warning, spell_cardinal, spell_float, spell_money,
+                        spell_ordinal)
+
 
 # ---------------------------------------------------------------------------------------------
 # Special ids of the lyric vocabulary
@@ -60,6 +75,16 @@ STRUCTURE_TAGS: dict[str, int] = {
 _STRUCTURE_LINE = re.compile(r"\[.*?\]")  # used with .match: the line starts with a [...] group
 
 
+# Lines longer than this are processed in pieces (see LyricTokenizer._tokenize_line). Some of the
+# original's regular expressions take quadratic time on long runs of digits or letters (a
+# 20,000-digit line would take minutes); no sung line comes near this length.
+LONG_LINE_CHARS = 500
+
+# The original's training data loader keeps at most this many lyric ids per song
+# (text2music_dataset.py: ``lyric_token_idx[:4096]``); inference itself does not cut.
+LYRIC_TOKEN_LIMIT = 4096
+
+
 def language_token(lang: str) -> str:
     """The vocabulary token that prefixes a line of language ``lang``."""
     return "[zh-cn]" if lang == "zh" else f"[{lang}]"
@@ -72,187 +97,13 @@ def canonical_language(code: str | None) -> str:
     return code if code in SUPPORTED_LANGUAGES else "en"
 
 
-# ---------------------------------------------------------------------------------------------
-# English number words (num2words 0.5.14 wording, which the original cleaners call)
-# ---------------------------------------------------------------------------------------------
-_SMALL = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-          "fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = {20: "twenty", 30: "thirty", 40: "forty", 50: "fifty", 60: "sixty", 70: "seventy",
-         80: "eighty", 90: "ninety"}
-_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "four": "fourth", "five": "fifth",
-                  "six": "sixth", "seven": "seventh", "eight": "eighth", "nine": "ninth", "ten": "tenth",
-                  "eleven": "eleventh", "twelve": "twelfth"}
-
-
-def _illion_names() -> list[tuple[int, str]]:
-    """(10**power, name) from "million" (10**6) up to "centillion" (10**303), short scale, with
-    num2words' Latin stems: ..., decillion, undecillion, ..., novemnonagintillion, centillion."""
-    small = ["m", "b", "tr", "quadr", "quint", "sext", "sept", "oct", "non"]
-    units = ["", "un", "duo", "tre", "quattuor", "quin", "sex", "sept", "octo", "novem"]
-    tens = ["dec", "vigint", "trigint", "quadragint", "quinquagint", "sexagint", "septuagint",
-            "octogint", "nonagint"]
-    stems = small + [unit + ten for ten in tens for unit in units] + ["cent"]
-    return [(10 ** (3 * i + 6), stem + "illion") for i, stem in enumerate(stems)]
-
-
-# Every scale word, largest first: the illions, then thousand and hundred.
-_SCALES = sorted(_illion_names(), reverse=True) + [(1000, "thousand"), (100, "hundred")]
-NUMBER_LIMIT = 1000 * _SCALES[0][0]  # num2words refuses numbers from 10**306 on
-
-
-def spell_cardinal(n: int) -> str:
-    """121 -> "one hundred and twenty-one"; 1234 -> "one thousand, two hundred and thirty-four"."""
-    if n < 0:
-        return "minus " + spell_cardinal(-n)
-    if n >= NUMBER_LIMIT:
-        raise OverflowError(f"{n} is too large to spell (limit 10**306)")
-    if n < 20:
-        return _SMALL[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[10 * tens] + (f"-{_SMALL[ones]}" if ones else "")
-    scale, name = next((s, w) for s, w in _SCALES if s <= n)
-    count, rest = divmod(n, scale)
-    head = f"{spell_cardinal(count)} {name}"
-    if rest == 0:
-        return head
-    # num2words joins a remainder below 100 with "and", a larger one with a comma.
-    return f"{head} and {spell_cardinal(rest)}" if rest < 100 else f"{head}, {spell_cardinal(rest)}"
-
-
-def spell_ordinal(n: int) -> str:
-    """21 -> "twenty-first", 100 -> "one hundredth", 40 -> "fortieth"."""
-    words = spell_cardinal(n).split(" ")
-    parts = words[-1].split("-")
-    last = parts[-1]
-    if last in _ORDINAL_WORDS:
-        last = _ORDINAL_WORDS[last]
-    else:
-        last = (last[:-1] + "ie" if last.endswith("y") else last) + "th"
-    parts[-1] = last
-    words[-1] = "-".join(parts)
-    return " ".join(words)
-
-
-def spell_float(value: float) -> str:
-    """num2words' reading of a float: whole part, "point", then each decimal digit of the float's
-    shortest repr ("12.5" -> "twelve point five", "12.50" -> the same, "12.0" -> "twelve")."""
-    if value == int(value):  # int() raises OverflowError for inf, as num2words does
-        return spell_cardinal(int(value))
-    whole = int(value)
-    places = abs(Decimal(repr(value)).as_tuple().exponent)
-    # The digits come from float arithmetic (as in num2words), snapped to the nearest integer
-    # when within 0.01 of it, floored otherwise.
-    fraction = abs(value - whole) * 10 ** places
-    digits = round(fraction) if abs(round(fraction) - fraction) < 0.01 else math.floor(fraction)
-    digits = str(int(digits)).rjust(places, "0")
-    return " ".join([spell_cardinal(whole), "point"] + [_SMALL[int(d)] for d in digits[:places]])
-
-
-# Currency names (singular, plural) of the units and the cents, as num2words' English tables.
-_CURRENCY_NAMES = {
-    "GBP": (("pound sterling", "pounds sterling"), ("penny", "pence")),
-    "USD": (("dollar", "dollars"), ("cent", "cents")),
-    "EUR": (("euro", "euro"), ("cent", "cents")),
-}
-
-
-def spell_money(amount: float, currency: str) -> str:
-    """"$20" -> "twenty dollars"; "$20.15" -> "twenty dollars, fifteen cents" (the original drops
-    the ", zero cents" part of whole amounts)."""
-    (unit, units), (cent, cents) = _CURRENCY_NAMES[currency]
-    rounded = Decimal(amount).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    whole, fraction = divmod(rounded, 1)
-    whole, hundredths = int(whole), int(fraction * 100)
-    text = (f"{spell_cardinal(whole)} {unit if whole == 1 else units}, "
-            f"{spell_cardinal(hundredths)} {cent if hundredths == 1 else cents}")
-    if amount.is_integer():
-        text = text[: text.rfind(", ")]
-    return text
-
-
-# Patterns of the original's English number expansion, applied in this order.
-_GROUPED_NUMBER = re.compile(r"\b\d{1,3}(,\d{3})*(\.\d+)?\b")  # 1,000,000.5: drop the commas
-_CURRENCIES = (  # symbol before or after the amount
-    ("GBP", re.compile(r"((£[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+£))")),
-    ("USD", re.compile(r"((\$[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+\$))")),
-    ("EUR", re.compile(r"(([0-9\.\,]*[0-9]+€)|((€[0-9\.\,]*[0-9]+)))")),
-)
-_DECIMAL = re.compile(r"([0-9]+[.,][0-9]+)")
-_ORDINAL = re.compile(r"([0-9]+)(st|nd|rd|th)")
-_INTEGER = re.compile(r"[0-9]+")
-
-
-def _money_match(match: re.Match, currency: str) -> str:
-    amount = float(re.sub(r"[^\d.]", "", match.group(0).replace(",", ".")))  # may raise ValueError
-    return spell_money(amount, currency)
-
-
-def expand_english_numbers(text: str) -> str:
-    """Spell out every number of an (already lowercased) English line. Raises ValueError or
-    ArithmeticError where num2words would (the caller then keeps the line unexpanded)."""
-    text = _GROUPED_NUMBER.sub(lambda m: m.group(0).replace(",", ""), text)
-    try:
-        # One failing currency (an amount like "$1.2.3") stops the later ones, as in the original.
-        for currency, pattern in _CURRENCIES:
-            text = pattern.sub(lambda m, c=currency: _money_match(m, c), text)
-    except (ValueError, ArithmeticError):
-        pass
-    text = _DECIMAL.sub(lambda m: spell_float(float(m.group(1).replace(",", "."))), text)
-    text = _ORDINAL.sub(lambda m: spell_ordinal(int(m.group(1))), text)
-    return _INTEGER.sub(lambda m: spell_cardinal(int(m.group(0))), text)
-
-
-# ---------------------------------------------------------------------------------------------
-# English cleaners
-# ---------------------------------------------------------------------------------------------
-_ABBREVIATIONS = [  # order matters only where one is a prefix of another ("mrs" before "mr")
-    (re.compile(rf"\b{short}\.", re.IGNORECASE), long)
-    for short, long in [
-        ("mrs", "misess"), ("mr", "mister"), ("dr", "doctor"), ("st", "saint"), ("co", "company"),
-        ("jr", "junior"), ("maj", "major"), ("gen", "general"), ("drs", "doctors"), ("rev", "reverend"),
-        ("lt", "lieutenant"), ("hon", "honorable"), ("sgt", "sergeant"), ("capt", "captain"),
-        ("esq", "esquire"), ("ltd", "limited"), ("col", "colonel"), ("ft", "fort"),
-    ]
-]
-_SYMBOLS = [("&", " and "), ("@", " at "), ("%", " percent "), ("#", " hash "), ("$", " dollar "),
-            ("£", " pound "), ("°", " degree ")]
-_WHITESPACE = re.compile(r"\s+")
-
-
-def collapse_whitespace(text: str) -> str:
-    return _WHITESPACE.sub(" ", text)
-
-
-def clean_english(text: str) -> str:
-    """The original's ``multilingual_cleaners(text, "en")``."""
-    text = text.replace('"', "").lower()
-    try:
-        text = expand_english_numbers(text)
-    except (ValueError, ArithmeticError):
-        pass  # e.g. a number of 306+ digits: the original leaves the whole line's numbers as digits
-    for pattern, words in _ABBREVIATIONS:
-        text = pattern.sub(words, text)
-    for symbol, words in _SYMBOLS:
-        text = text.replace(symbol, words)
-    return collapse_whitespace(text.strip())
-
-
-def clean_basic(text: str, lang: str) -> str:
-    """The language-independent part of the original's cleaners (interim for non-English)."""
-    text = text.replace('"', "")
-    if lang == "tr":  # Python's lower() would give "i̇" (i + combining dot) for "İ"
-        text = text.replace("İ", "i").replace("Ö", "ö").replace("Ü", "ü")
-    return collapse_whitespace(text.lower().strip())
-
-
 def default_normalize(text: str, lang: str) -> str:
-    return clean_english(text) if lang == "en" else clean_basic(text, lang)
+    return normalize_line(text, lang)
 
 
 def default_detect_language(line: str) -> str:
-    """Placeholder detector: every line without an explicit tag is English for now."""
-    return "en"
+    """The original's per-line language choice (a langid code; see language.py)."""
+    return detect_line_language(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,10 +119,76 @@ class LyricLine:
     ids: tuple[int, ...]        # this line's ids, without the line-end id 2
     structure: bool = False     # a "[...]" line (cleaned as English)
     explicit_language: bool = False  # the line began with a "[xx]" language tag
+    detected: str | None = None  # the detector's own code (e.g. "gl" before it became "en")
+    note: str = ""              # anything the user should know about this line
+
+    @property
+    def token_count(self) -> int:
+        """Ids this line adds to the sequence, its line-end id included."""
+        return len(self.ids) + 1
+
+    @property
+    def unknown_count(self) -> int:
+        """How many of its ids are [UNK] (characters the vocabulary cannot spell)."""
+        return sum(1 for i in self.ids if i == UNK_ID)
+
+
+@dataclass
+class LyricsPreview:
+    """What the model will read, line by line, and how it fits the trained lyric length."""
+
+    lines: list[LyricLine]
+    total_tokens: int           # length of the id sequence (start id and line ends included)
+    limit: int                  # LYRIC_TOKEN_LIMIT unless asked otherwise
+    cut_tokens: int             # ids beyond the limit (0 when it fits)
+    first_cut_line: int | None  # index into ``lines`` of the first line reaching past the limit
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def over_limit(self) -> bool:
+        return self.cut_tokens > 0
+
+    def format(self) -> str:
+        """A plain-text table for display: number, language, tokens, text read."""
+        rows = [f"{'#':>3}  {'lang':<5} {'tokens':>6}  text the model reads"]
+        running = 1  # the start id
+        for number, line in enumerate(self.lines, 1):
+            running += line.token_count
+            if line.language is None:
+                rows.append(f"{number:>3}  {'':<5} {line.token_count:>6}  (empty line)")
+                continue
+            lang = line.language + ("*" if line.explicit_language else "")
+            mark = "  [beyond the limit]" if running > self.limit and self.over_limit else ""
+            note = f"  ({line.note})" if line.note else ""
+            rows.append(f"{number:>3}  {lang:<5} {line.token_count:>6}  {line.text}{note}{mark}")
+        rows.append(f"total {self.total_tokens} tokens of {self.limit}")
+        return "\n".join(rows + [f"warning: {w}" for w in self.warnings])
 
 
 LanguageDetector = Callable[[str], str]
 Normalizer = Callable[[str, str], str]
+_JAPANESE_NOTE = "romaji by pykakasi; the original app uses cutlet and may read it differently"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str) -> str:
+    """Lone surrogates (possible in a Python str, not in UTF-8) -> U+FFFD, which reads as [UNK];
+    the BPE library refuses them."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _pieces(text: str, size: int = LONG_LINE_CHARS) -> list[str]:
+    """``text`` itself when short, else consecutive pieces of at most ``size`` characters, cut
+    at the last whitespace within the limit where there is one."""
+    pieces = []
+    while len(text) > size:
+        cut = max(text.rfind(" ", 0, size + 1), text.rfind("\t", 0, size + 1))
+        cut = cut if cut > 0 else size
+        pieces.append(text[:cut])
+        text = text[cut:].lstrip()
+    return pieces + [text]
 
 
 def split_language_tag(line: str) -> tuple[str | None, str]:
@@ -289,7 +206,7 @@ class LyricTokenizer:
     """ACE-Step lyric tokenizer over the BPE vocabulary ``vocab.json`` (see ``find_lyric_vocab``).
 
     ``detect_language(line) -> code`` and ``normalize(text, lang) -> text`` are the pluggable
-    steps; the defaults are "English" and the English/basic cleaners."""
+    steps; the defaults reproduce the original (language.py, normalize.py)."""
 
     def __init__(self, vocab_path, detect_language: LanguageDetector | None = None,
                  normalize: Normalizer | None = None):
@@ -311,24 +228,42 @@ class LyricTokenizer:
                              "(comfy/text_encoders/ace_lyrics_tokenizer) or ACE-Step (acestep/models/lyrics_utils).")
         self.detect_language = detect_language or default_detect_language
         self.normalize = normalize or default_normalize
+        # Lines repeat (choruses) and ComfyUI re-encodes unchanged prompts: remember results.
+        self._line_cache = lru_cache(maxsize=8192)(self._tokenize_line)
 
     def encode_text(self, text: str, lang: str) -> list[int]:
         """BPE ids of already-cleaned text with its language prefix (no line-end id)."""
         marked = (language_token(lang) + text).replace(" ", "[SPACE]")
         return self.bpe.encode(marked).ids
 
-    def tokenize_line(self, raw_line: str) -> LyricLine:
-        line = raw_line.strip()
+    def _tokenize_line(self, line: str) -> LyricLine:
         if not line:
             return LyricLine(source="", language=None, text="", ids=())
         tagged, body = split_language_tag(line)
-        lang = tagged if tagged is not None else canonical_language(self.detect_language(line))
         structure = bool(_STRUCTURE_LINE.match(body))
+        detected = None
         if structure:
             lang = "en"  # "[Verse]", "[Chorus 2]": English cleaning and prefix, as the original
-        text = self.normalize(body, lang)
+        elif tagged is not None:
+            lang = tagged
+        else:
+            detected = self.detect_language(line[:LONG_LINE_CHARS])
+            lang = canonical_language(detected)
+        note = _JAPANESE_NOTE if lang == "ja" and self.normalize is default_normalize else ""
+        try:
+            text = " ".join(filter(None, (self.normalize(piece, lang) for piece in _pieces(body))))
+        except Exception as err:  # keep the line (the original would drop it); say why
+            text = clean_basic(body)
+            note = f"could not normalise as {lang} ({type(err).__name__}: {err}); kept lowercased"
+        if len(line) > LONG_LINE_CHARS:
+            note = (note + "; " if note else "") + (
+                f"line longer than {LONG_LINE_CHARS} characters: language from its start, normalised in pieces")
         return LyricLine(source=line, language=lang, text=text, ids=tuple(self.encode_text(text, lang)),
-                         structure=structure, explicit_language=tagged is not None)
+                         structure=structure, explicit_language=tagged is not None, detected=detected,
+                         note=note)
+
+    def tokenize_line(self, raw_line: str) -> LyricLine:
+        return self._line_cache(_valid_text(raw_line).strip())
 
     def tokenize_lines(self, lyrics: str) -> list[LyricLine]:
         return [self.tokenize_line(raw) for raw in lyrics.split("\n")]
@@ -346,6 +281,28 @@ class LyricTokenizer:
             ids += list(line.ids) + [SPACE_ID]
         return ids, [1] * len(ids)
 
+    def preview(self, lyrics: str, limit: int = LYRIC_TOKEN_LIMIT) -> LyricsPreview:
+        """Per-line records, the total id count and how much of it lies beyond ``limit``."""
+        if len(lyrics) == 0:
+            return LyricsPreview(lines=[], total_tokens=1, limit=limit, cut_tokens=0, first_cut_line=None,
+                                 warnings=["no lyrics: the model gets the single masked 'no lyrics' id"])
+        lines = self.tokenize_lines(lyrics)
+        total, first_cut = 1, None
+        for index, line in enumerate(lines):
+            total += line.token_count
+            if total > limit and first_cut is None:
+                first_cut = index
+        cut = max(0, total - limit)
+        warnings = [w for w in (detection_warning(), number_words_warning()) if w]
+        if cut:
+            warnings.append(f"the lyrics are {total} tokens long; the model was trained on at most {limit}: "
+                            f"{cut} tokens from line {first_cut + 1} on are beyond that")
+        unknown = sum(line.unknown_count for line in lines)
+        if unknown:
+            warnings.append(f"{unknown} character(s) are not in the lyric vocabulary and read as [UNK]")
+        return LyricsPreview(lines=lines, total_tokens=total, limit=limit, cut_tokens=cut,
+                             first_cut_line=first_cut, warnings=warnings)
+
     def decode(self, ids) -> str:
         """Readable text of ids, as the original decodes them ([SPACE] -> " ", [STOP] dropped)."""
         text = self.bpe.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -353,8 +310,9 @@ class LyricTokenizer:
 
 
 __all__ = [
-    "LyricTokenizer", "LyricLine", "SUPPORTED_LANGUAGES", "STRUCTURE_TAGS", "START_ID", "SPACE_ID",
-    "NULL_ID", "UNK_ID", "clean_english", "clean_basic", "default_normalize", "default_detect_language",
-    "canonical_language", "split_language_tag", "language_token", "spell_cardinal", "spell_ordinal",
-    "spell_float", "spell_money", "expand_english_numbers",
+    "LyricTokenizer", "LyricLine", "LyricsPreview", "SUPPORTED_LANGUAGES", "STRUCTURE_TAGS", "START_ID",
+    "SPACE_ID", "NULL_ID", "UNK_ID", "LYRIC_TOKEN_LIMIT", "clean_english", "clean_basic", "default_normalize",
+    "default_detect_language", "canonical_language", "split_language_tag", "language_token", "normalize_line",
+    "spell_cardinal", "spell_ordinal", "spell_float", "spell_money", "expand_english_numbers",
+    "collapse_whitespace",
 ]
