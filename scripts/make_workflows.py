@@ -42,19 +42,30 @@ import harness  # noqa: E402  (tests/comfyui/harness.py: ComfyServer, ComfyPage)
 REAL_CHECKPOINT = "ace_step_v1_3.5b.safetensors"
 REAL_CHECKPOINT_URL = ("https://huggingface.co/Comfy-Org/ACE-Step_ComfyUI_repackaged/resolve/main/"
                        "all_in_one/ace_step_v1_3.5b.safetensors")
-INPUT_AUDIO = "input_song.mp3"   # what audio2audio's LoadAudio names; the user picks their own
+INPUT_AUDIO = "input_song.mp3"   # what LoadAudio names in the workflows that change a song
+LORA_FILE = "ace_step_v1_chinese_rap_lora.safetensors"   # the RapMachine LoRA, saved under this name
+LORA_URL = "https://huggingface.co/ACE-Step/ACE-Step-v1-chinese-rap-LoRA/resolve/main/pytorch_lora_weights.safetensors"
 
-# Sampling values of ComfyUI's own ACE-Step templates (comfyui-workflow-templates,
-# audio_ace_step_1_t2a_song / _m2m_editing): 50 Euler steps on the simple schedule, CFG 5,
-# flow shift 5, Reinhard tone mapping of the CFG result.
+# ComfyUI's own ACE-Step templates (comfyui-workflow-templates, audio_ace_step_1_t2a_song /
+# _m2m_editing) sample with 50 Euler steps on the simple schedule, CFG 5, flow shift 5 and
+# Reinhard tone mapping of the CFG result: text2music and audio2audio use these values.
 STEPS, CFG, SHIFT = 50, 5.0, 5.0
 SAMPLER, SCHEDULER = "euler", "simple"
 TONEMAP_MULTIPLIER = 1.0
 SONG_SECONDS = 120.0
 EDIT_DENOISE = 0.3
+# The ACE-Step app's own recipe (its Gradio defaults): 60 Euler steps, guidance scale 15 with
+# APG, guidance interval, ERG and omega (AceStepGuidance's defaults), flow shift 3 (the model's
+# default, so no ModelSamplingSD3). The task workflows and text2music_apg use it.
+APP_STEPS, APP_CFG = 60, 15.0
+RETAKE_VARIANCE = REPAINT_VARIANCE = 0.2
+REPAINT_RANGE = (20.0, 30.0)
+EXTEND_SECONDS = (0.0, 30.0)
+SEED = 1234
 
-# Viewport of the browser that builds the files (the frontend measures nodes in it).
+# Viewport of the browser that builds the files.
 VIEWPORT = (1600, 1000)
+COLUMN_GAP, ROW_GAP = 40, 40
 
 SONG_TAGS = "pop, synth-pop, female vocals, bright piano, punchy drums, warm bass, catchy, uplifting, 118 bpm"
 SONG_LYRICS = """[verse]
@@ -91,9 +102,28 @@ Open every door and let the music in
 
 [outro]
 Neon sky, neon sky"""
+# The same song with its first verse rewritten (lyric_edit's target).
+EDITED_LYRICS = SONG_LYRICS.replace("""Streetlights humming in the rain
+Every window holds a flame
+I keep walking, counting stars
+Singing softly to the cars""", """Summer thunder on the bay
+Every color starts to play
+I keep running, chasing light
+Singing loudly through the night""", 1)
+RESTYLE_TAGS = "lo-fi hip hop, mellow, jazzy electric piano, soft drums, vinyl crackle, relaxed, 80 bpm"
+REMIX_TAGS = "rock, electric guitar, driving drums, distorted bass, male vocals, energetic, 140 bpm"
+RAP_TAGS = "rap, hip hop, male vocals, boom bap, deep bass, punchy drums, confident, 92 bpm"
+RAP_LYRICS = """[verse]
+Step into the room and the beat drops low
+Every single line is a story that I know
+Counting every bar like it's money in the bank
+Never slowing down, never running on a blank
 
-REMIX_TAGS = "lo-fi hip hop, mellow, jazzy electric piano, soft drums, vinyl crackle, relaxed, 80 bpm"
-REMIX_LYRICS = "[instrumental]"
+[chorus]
+Keep it moving, keep it real
+Every rhythm is the way I feel
+Keep it moving, hear the sound
+Feet on the floor and the bass pounding"""
 
 CHECKPOINT_NOTE = f"""### Checkpoint
 Put the ACE-Step v1 (3.5B) checkpoint in `ComfyUI/models/checkpoints/` and pick it in **Load ACE-Step Checkpoint**:
@@ -105,6 +135,15 @@ Put the ACE-Step v1 (3.5B) checkpoint in `ComfyUI/models/checkpoints/` and pick 
 `acestep_tiny_RANDOM_WEIGHTS_demo.safetensors` (made by `scripts/run_comfyui.sh` when there is no real
 checkpoint) has **random weights**: the workflow runs quickly with it, but it makes noise, not music."""
 
+INPUT_NOTE = f"""- **Load Audio**: the song to work on. Upload it with the node's button, or put it in `ComfyUI/input/`
+  (`{INPUT_AUDIO}` is only a placeholder name). Any sample rate, mono or stereo: the VAE resamples to
+  44.1 kHz stereo."""
+
+APP_RECIPE_NOTE = f"""- Sampling as the ACE-Step app: **ACE-Step Guidance** (APG, guidance interval 0.5, ERG, omega 10)
+  with KSampler's `cfg` {APP_CFG:g} as the guidance scale, {APP_STEPS} Euler steps, flow shift 3 (the model's own)."""
+
+SAVE_NOTE = "- The result is saved as FLAC in `ComfyUI/output/audio/`."
+
 TEXT2MUSIC_NOTE = f"""## ACE-Step: text to music
 - **tags**: the style (genre, instruments, mood, voice, tempo), comma separated.
 - **lyrics**: one sung line per line, sections marked `[verse]`, `[chorus]`, `[bridge]`, `[outro]`;
@@ -112,19 +151,90 @@ TEXT2MUSIC_NOTE = f"""## ACE-Step: text to music
 - **seconds** (EmptyAceStepLatentAudio): the length; up to 240 s works best.
 - Sampling as in ComfyUI's ACE-Step template: {STEPS} steps, CFG {CFG:g}, shift {SHIFT:g} (ModelSamplingSD3);
   the tone-mapping nodes keep CFG from over-saturating.
-- The song is saved as FLAC in `ComfyUI/output/audio/`.
+{SAVE_NOTE}
 
 {CHECKPOINT_NOTE}"""
 
-AUDIO2AUDIO_NOTE = f"""## ACE-Step: audio to audio (remix)
-- **Load Audio**: the song to change. Upload it with the node's button, or put it in `ComfyUI/input/`
-  (`{INPUT_AUDIO}` is only a placeholder name). Any sample rate, mono or stereo: the VAE resamples to
-  44.1 kHz stereo.
+AUDIO2AUDIO_NOTE = f"""## ACE-Step: audio to audio (restyle a song)
+{INPUT_NOTE}
 - **tags** and **lyrics** describe the result: change the tags to restyle the song, write its lyrics
   to keep the vocals.
 - **denoise** (KSampler) sets how much changes: 0.2-0.4 keeps the song and changes its sound, 0.6 and
   more keeps little of it.
-- The result is saved as FLAC in `ComfyUI/output/audio/`.
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+TEXT2MUSIC_APG_NOTE = f"""## ACE-Step: text to music, the app's guidance
+The same song as `text2music`, sampled the way the ACE-Step app samples:
+{APP_RECIPE_NOTE}
+- **ACE-Step Guidance** switches: `cfg_type` apg / cfg / cfg_star; `guidance_interval` (fraction of
+  the steps that get guidance) and its decay; `guidance_scale_text` and `guidance_scale_lyric` above 1
+  for separate tag and lyric scales; ERG for tags, lyrics and the diffusion model; `omega_scale`
+  ("granularity"). All off gives the plain model.
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+LORA_NOTE = f"""## ACE-Step: text to music with a LoRA
+- **ACE-Step LoRA Loader** applies a LoRA from `ComfyUI/models/loras/`, with the scale it was trained
+  with (rsLoRA). The released RapMachine LoRA: download
+  [pytorch_lora_weights.safetensors]({LORA_URL}) and save it as `models/loras/{LORA_FILE}`.
+- **strength**: 1 as trained (the app allows -3 to 3); chain loaders to stack LoRAs.
+{APP_RECIPE_NOTE}
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+RETAKE_NOTE = f"""## ACE-Step: retake (a variation of a song)
+- Set **KSampler**'s `seed` to the seed of the song you want to vary (with the same tags, lyrics and
+  length); **ACE-Step Retake**'s `retake_seed` picks the variation (a new one every run).
+- **variance**: how far the retake moves away, 0 = the same song, 1 = an unrelated one
+  (the app's default {RETAKE_VARIANCE:g}).
+{APP_RECIPE_NOTE}
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+REPAINT_NOTE = f"""## ACE-Step: repaint (regenerate a part of a song)
+{INPUT_NOTE}
+- **ACE-Step Repaint**: `start_seconds` / `end_seconds` of the part to regenerate; the rest stays as it
+  was. `variance` (sent to KSampler's `denoise`) is how much the part may change (the app's default
+  {REPAINT_VARIANCE:g}; 1 = new from scratch).
+- **tags** and **lyrics** describe the song; change them for the repainted part.
+- **ACE-Step Restore Source** puts the untouched part back bit for bit after sampling.
+{APP_RECIPE_NOTE}
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+EXTEND_NOTE = f"""## ACE-Step: extend (add music before or after a song)
+{INPUT_NOTE}
+- **ACE-Step Extend**: `left_seconds` of new music before the song, `right_seconds` after it. The
+  sampled window is at most 240 s; **ACE-Step Restore Source** puts the song back around the new parts.
+- **tags** and **lyrics** describe the music to add.
+{APP_RECIPE_NOTE}
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+LYRIC_EDIT_NOTE = f"""## ACE-Step: edit the lyrics of a song
+{INPUT_NOTE}
+- **source**: the song's own tags and lyrics. **target**: the same tags with the new lyrics.
+- **ACE-Step Edit** (flow-edit, mode `only_lyrics`: edits the last 40% of the steps) keeps the music
+  and changes the words. `custom` mode uses `n_min` / `n_max`; `cfg` {APP_CFG:g} as the app.
+- SamplerCustomAdvanced samples from the source latent: {APP_STEPS} Euler steps, `simple` schedule.
+{SAVE_NOTE}
+
+{CHECKPOINT_NOTE}"""
+
+REMIX_NOTE = f"""## ACE-Step: remix (change the style, keep the song)
+{INPUT_NOTE}
+- **source**: the song's own tags and lyrics. **target**: new tags, the same lyrics.
+- **ACE-Step Edit** in mode `remix` edits 20%-40% of the steps towards the target, then samples the
+  rest freely: the song's structure and melody stay, its sound follows the new tags.
+- SamplerCustomAdvanced samples from the source latent: {APP_STEPS} Euler steps, `simple` schedule.
+{SAVE_NOTE}
 
 {CHECKPOINT_NOTE}"""
 
@@ -132,6 +242,12 @@ AUDIO2AUDIO_NOTE = f"""## ACE-Step: audio to audio (remix)
 # ---------------------------------------------------------------------------------------------
 # The graphs, in API format
 # ---------------------------------------------------------------------------------------------
+# Each workflow is {"api": {id: node}, "columns": [[(id, width, height), ...], ...], "note": text}.
+# Columns are laid out left to right, nodes top to bottom, with the sizes the frontend needs
+# where they are larger; "note" in a column is the Note's place.
+LOADER, TEXT, NEGATIVE = 1, 2, 3
+
+
 def link(node_id: int, output: int = 0) -> list:
     return [str(node_id), output]
 
@@ -140,62 +256,187 @@ def node(class_type: str, **inputs) -> dict:
     return {"class_type": class_type, "inputs": inputs}
 
 
-def ksampler(model: list, positive: list, negative: list, latent: list, denoise: float, seed: int) -> dict:
-    return node("KSampler", model=model, seed=seed, control_after_generate="randomize", steps=STEPS, cfg=CFG,
+def base_nodes(tags: str, lyrics: str) -> dict:
+    """Loader (1), the positive text encode (2) and its ConditioningZeroOut negative (3)."""
+    return {
+        LOADER: node("LoadAceStepCheckpoint", ckpt_name=REAL_CHECKPOINT, weight_dtype="default"),
+        TEXT: node("TextEncodeAceStepAudio", clip=link(LOADER, 1), tags=tags, lyrics=lyrics, lyrics_strength=1.0),
+        NEGATIVE: node("ConditioningZeroOut", conditioning=link(TEXT)),
+    }
+
+
+def ksampler(model: list, latent: list, denoise, steps: int, cfg: float, seed_control: str = "randomize",
+             positive: list = link(TEXT), negative: list = link(NEGATIVE)) -> dict:
+    return node("KSampler", model=model, seed=SEED, control_after_generate=seed_control, steps=steps, cfg=cfg,
                 sampler_name=SAMPLER, scheduler=SCHEDULER, positive=positive, negative=negative,
                 latent_image=latent, denoise=denoise)
 
 
-def model_chain(loader: int, first_id: int) -> tuple[dict, list]:
-    """ModelSamplingSD3 -> LatentApplyOperationCFG(Reinhard tone map): the model KSampler gets."""
-    sampling, tonemap, cfg_op = first_id, first_id + 1, first_id + 2
-    nodes = {
-        sampling: node("ModelSamplingSD3", model=link(loader, 0), shift=SHIFT),
-        tonemap: node("LatentOperationTonemapReinhard", multiplier=TONEMAP_MULTIPLIER),
-        cfg_op: node("LatentApplyOperationCFG", model=link(sampling), operation=link(tonemap)),
-    }
-    return nodes, link(cfg_op)
+def decode_and_save(first_id: int, latent: list, name: str) -> dict:
+    return {first_id: node("VAEDecodeAudio", samples=latent, vae=link(LOADER, 2)),
+            first_id + 1: node("SaveAudio", audio=link(first_id), filename_prefix=f"audio/ace_step_{name}")}
+
+
+def guidance(model: list) -> dict:
+    """AceStepGuidance with its defaults (the ACE-Step app's guidance)."""
+    return node("AceStepGuidance", model=model)
+
+
+# Column sizes shared by the layouts.
+LOADER_BOX = (LOADER, 440, 110)
+NOTE_BOX = ("note", 440, 340)
+TEXT_BOX = (TEXT, 440, 520)
+NEGATIVE_BOX = (NEGATIVE, 300, 50)
 
 
 def text2music() -> dict:
-    chain, model = model_chain(1, 5)
-    nodes = {
-        1: node("LoadAceStepCheckpoint", ckpt_name=REAL_CHECKPOINT, weight_dtype="default"),
-        2: node("TextEncodeAceStepAudio", clip=link(1, 1), tags=SONG_TAGS, lyrics=SONG_LYRICS, lyrics_strength=1.0),
-        3: node("ConditioningZeroOut", conditioning=link(2)),
+    api = {
+        **base_nodes(SONG_TAGS, SONG_LYRICS),
         4: node("EmptyAceStepLatentAudio", seconds=SONG_SECONDS, batch_size=1),
-        **chain,                                                                      # 5, 6, 7
-        8: ksampler(model, link(2), link(3), link(4), denoise=1.0, seed=1234),
-        9: node("VAEDecodeAudio", samples=link(8), vae=link(1, 2)),
-        10: node("SaveAudio", audio=link(9), filename_prefix="audio/ace_step_text2music"),
+        5: node("ModelSamplingSD3", model=link(LOADER, 0), shift=SHIFT),
+        6: node("LatentOperationTonemapReinhard", multiplier=TONEMAP_MULTIPLIER),
+        7: node("LatentApplyOperationCFG", model=link(5), operation=link(6)),
+        8: ksampler(link(7), link(4), denoise=1.0, steps=STEPS, cfg=CFG),
+        **decode_and_save(9, link(8), "text2music"),
     }
-    layout = {1: (0, 0, 440, 110), 2: (480, 0, 440, 520), 3: (480, 560, 300, 50),
-              4: (960, 0, 300, 90), 5: (960, 140, 300, 60), 6: (960, 250, 300, 60), 7: (960, 360, 300, 50),
-              8: (1300, 0, 300, 270), 9: (1300, 320, 300, 50), 10: (1300, 420, 300, 100)}
-    return {"api": nodes, "layout": layout, "note": (TEXT2MUSIC_NOTE, (0, 160, 440, 340))}
+    columns = [[LOADER_BOX, NOTE_BOX], [TEXT_BOX, NEGATIVE_BOX],
+               [(4, 300, 90), (5, 300, 60), (6, 300, 60), (7, 300, 50)],
+               [(8, 300, 270), (9, 300, 50), (10, 300, 100)]]
+    return {"api": api, "columns": columns, "note": TEXT2MUSIC_NOTE}
 
 
 def audio2audio() -> dict:
-    chain, model = model_chain(1, 6)
-    nodes = {
-        1: node("LoadAceStepCheckpoint", ckpt_name=REAL_CHECKPOINT, weight_dtype="default"),
-        2: node("TextEncodeAceStepAudio", clip=link(1, 1), tags=REMIX_TAGS, lyrics=REMIX_LYRICS, lyrics_strength=1.0),
-        3: node("ConditioningZeroOut", conditioning=link(2)),
+    api = {
+        **base_nodes(RESTYLE_TAGS, "[instrumental]"),
         4: node("LoadAudio", audio=INPUT_AUDIO),
-        5: node("VAEEncodeAudio", audio=link(4), vae=link(1, 2)),
-        **chain,                                                                      # 6, 7, 8
-        9: ksampler(model, link(2), link(3), link(5), denoise=EDIT_DENOISE, seed=1234),
-        10: node("VAEDecodeAudio", samples=link(9), vae=link(1, 2)),
-        11: node("SaveAudio", audio=link(10), filename_prefix="audio/ace_step_audio2audio"),
+        5: node("VAEEncodeAudio", audio=link(4), vae=link(LOADER, 2)),
+        6: node("ModelSamplingSD3", model=link(LOADER, 0), shift=SHIFT),
+        7: node("LatentOperationTonemapReinhard", multiplier=TONEMAP_MULTIPLIER),
+        8: node("LatentApplyOperationCFG", model=link(6), operation=link(7)),
+        9: ksampler(link(8), link(5), denoise=EDIT_DENOISE, steps=STEPS, cfg=CFG),
+        **decode_and_save(10, link(9), "audio2audio"),
     }
-    layout = {1: (0, 0, 440, 110), 4: (0, 160, 440, 140),
-              2: (480, 0, 440, 420), 3: (480, 460, 300, 50),
-              5: (960, 0, 300, 50), 6: (960, 140, 300, 60), 7: (960, 250, 300, 60), 8: (960, 360, 300, 50),
-              9: (1300, 0, 300, 270), 10: (1300, 320, 300, 50), 11: (1300, 420, 300, 100)}
-    return {"api": nodes, "layout": layout, "note": (AUDIO2AUDIO_NOTE, (0, 350, 440, 340))}
+    columns = [[LOADER_BOX, (4, 440, 140), NOTE_BOX], [(TEXT, 440, 420), NEGATIVE_BOX],
+               [(5, 300, 50), (6, 300, 60), (7, 300, 60), (8, 300, 50)],
+               [(9, 300, 270), (10, 300, 50), (11, 300, 100)]]
+    return {"api": api, "columns": columns, "note": AUDIO2AUDIO_NOTE}
 
 
-WORKFLOWS = {"text2music": text2music, "audio2audio": audio2audio}
+def text2music_apg() -> dict:
+    api = {
+        **base_nodes(SONG_TAGS, SONG_LYRICS),
+        4: node("EmptyAceStepLatentAudio", seconds=SONG_SECONDS, batch_size=1),
+        5: guidance(link(LOADER, 0)),
+        6: ksampler(link(5), link(4), denoise=1.0, steps=APP_STEPS, cfg=APP_CFG),
+        **decode_and_save(7, link(6), "text2music_apg"),
+    }
+    columns = [[LOADER_BOX, NOTE_BOX], [TEXT_BOX, NEGATIVE_BOX], [(4, 340, 90), (5, 340, 420)],
+               [(6, 300, 270), (7, 300, 50), (8, 300, 100)]]
+    return {"api": api, "columns": columns, "note": TEXT2MUSIC_APG_NOTE}
+
+
+def text2music_lora() -> dict:
+    api = {
+        **base_nodes(RAP_TAGS, RAP_LYRICS),
+        4: node("EmptyAceStepLatentAudio", seconds=60.0, batch_size=1),
+        5: node("AceStepLoraLoader", model=link(LOADER, 0), lora_name=LORA_FILE, strength=1.0),
+        6: guidance(link(5)),
+        7: ksampler(link(6), link(4), denoise=1.0, steps=APP_STEPS, cfg=APP_CFG),
+        **decode_and_save(8, link(7), "text2music_lora"),
+    }
+    columns = [[LOADER_BOX, (5, 440, 90), NOTE_BOX], [(TEXT, 440, 440), NEGATIVE_BOX],
+               [(4, 340, 90), (6, 340, 420)], [(7, 300, 270), (8, 300, 50), (9, 300, 100)]]
+    return {"api": api, "columns": columns, "note": LORA_NOTE,
+            "models": {5: [{"name": LORA_FILE, "url": LORA_URL, "directory": "loras"}]}}
+
+
+def retake() -> dict:
+    api = {
+        **base_nodes(SONG_TAGS, SONG_LYRICS),
+        4: node("EmptyAceStepLatentAudio", seconds=SONG_SECONDS, batch_size=1),
+        5: guidance(link(LOADER, 0)),
+        6: node("AceStepRetakeModel", model=link(5), retake_seed=1, control_after_generate="randomize",
+                variance=RETAKE_VARIANCE),
+        7: ksampler(link(6), link(4), denoise=1.0, steps=APP_STEPS, cfg=APP_CFG, seed_control="fixed"),
+        **decode_and_save(8, link(7), "retake"),
+    }
+    columns = [[LOADER_BOX, NOTE_BOX], [TEXT_BOX, NEGATIVE_BOX], [(4, 340, 90), (5, 340, 420)],
+               [(6, 300, 110), (7, 300, 270), (8, 300, 50), (9, 300, 100)]]
+    return {"api": api, "columns": columns, "note": RETAKE_NOTE}
+
+
+def repaint() -> dict:
+    api = {
+        **base_nodes(SONG_TAGS, SONG_LYRICS),
+        4: node("LoadAudio", audio=INPUT_AUDIO),
+        5: node("VAEEncodeAudio", audio=link(4), vae=link(LOADER, 2)),
+        6: node("AceStepRepaint", samples=link(5), start_seconds=REPAINT_RANGE[0], end_seconds=REPAINT_RANGE[1],
+                variance=REPAINT_VARIANCE),
+        7: guidance(link(LOADER, 0)),
+        8: ksampler(link(7), link(6, 0), denoise=link(6, 1), steps=APP_STEPS, cfg=APP_CFG),
+        9: node("AceStepRestoreSource", samples=link(8)),
+        **decode_and_save(10, link(9), "repaint"),
+    }
+    columns = [[LOADER_BOX, (4, 440, 140), NOTE_BOX], [(TEXT, 440, 420), NEGATIVE_BOX],
+               [(5, 340, 50), (6, 340, 130), (7, 340, 420)],
+               [(8, 300, 270), (9, 300, 50), (10, 300, 50), (11, 300, 100)]]
+    return {"api": api, "columns": columns, "note": REPAINT_NOTE}
+
+
+def extend() -> dict:
+    api = {
+        **base_nodes(SONG_TAGS, SONG_LYRICS),
+        4: node("LoadAudio", audio=INPUT_AUDIO),
+        5: node("VAEEncodeAudio", audio=link(4), vae=link(LOADER, 2)),
+        6: node("AceStepExtend", samples=link(5), left_seconds=EXTEND_SECONDS[0], right_seconds=EXTEND_SECONDS[1]),
+        7: guidance(link(LOADER, 0)),
+        8: ksampler(link(7), link(6), denoise=1.0, steps=APP_STEPS, cfg=APP_CFG),
+        9: node("AceStepRestoreSource", samples=link(8)),
+        **decode_and_save(10, link(9), "extend"),
+    }
+    columns = [[LOADER_BOX, (4, 440, 140), NOTE_BOX], [(TEXT, 440, 420), NEGATIVE_BOX],
+               [(5, 340, 50), (6, 340, 90), (7, 340, 420)],
+               [(8, 300, 270), (9, 300, 50), (10, 300, 50), (11, 300, 100)]]
+    return {"api": api, "columns": columns, "note": EXTEND_NOTE}
+
+
+def flow_edit(name: str, mode: str, target_tags: str, target_lyrics: str, note: str) -> dict:
+    """Source song -> AceStepEdit guider (source vs target conditioning) -> SamplerCustomAdvanced."""
+    api = {
+        LOADER: node("LoadAceStepCheckpoint", ckpt_name=REAL_CHECKPOINT, weight_dtype="default"),
+        2: node("TextEncodeAceStepAudio", clip=link(LOADER, 1), tags=SONG_TAGS, lyrics=SONG_LYRICS,
+                lyrics_strength=1.0),
+        3: node("TextEncodeAceStepAudio", clip=link(LOADER, 1), tags=target_tags, lyrics=target_lyrics,
+                lyrics_strength=1.0),
+        4: node("LoadAudio", audio=INPUT_AUDIO),
+        5: node("VAEEncodeAudio", audio=link(4), vae=link(LOADER, 2)),
+        6: node("AceStepEdit", model=link(LOADER, 0), source_conditioning=link(2), target_conditioning=link(3),
+                mode=mode, cfg=APP_CFG),
+        7: node("RandomNoise", noise_seed=SEED, control_after_generate="randomize"),
+        8: node("KSamplerSelect", sampler_name=SAMPLER),
+        9: node("BasicScheduler", model=link(LOADER, 0), scheduler=SCHEDULER, steps=APP_STEPS, denoise=1.0),
+        10: node("SamplerCustomAdvanced", noise=link(7), guider=link(6), sampler=link(8), sigmas=link(9),
+                 latent_image=link(5)),
+        **decode_and_save(11, link(10, 0), name),
+    }
+    columns = [[LOADER_BOX, (4, 440, 140), NOTE_BOX], [(2, 440, 330), (3, 440, 330)],
+               [(5, 300, 50), (6, 340, 250), (7, 340, 90), (8, 340, 60), (9, 340, 110)],
+               [(10, 300, 110), (11, 300, 50), (12, 300, 100)]]
+    return {"api": api, "columns": columns, "note": note,
+            "titles": {2: "Source: the song as it is", 3: "Target: what it should become"}}
+
+
+def lyric_edit() -> dict:
+    return flow_edit("lyric_edit", "only_lyrics", SONG_TAGS, EDITED_LYRICS, LYRIC_EDIT_NOTE)
+
+
+def remix() -> dict:
+    return flow_edit("remix", "remix", REMIX_TAGS, SONG_LYRICS, REMIX_NOTE)
+
+
+WORKFLOWS = {"text2music": text2music, "audio2audio": audio2audio, "text2music_apg": text2music_apg,
+             "text2music_lora": text2music_lora, "retake": retake, "repaint": repaint, "extend": extend,
+             "lyric_edit": lyric_edit, "remix": remix}
 
 
 def api_prompt(spec: dict) -> dict:
@@ -212,23 +453,32 @@ def api_prompt(spec: dict) -> dict:
 EXPORT_SETTINGS = {"Comfy.PromptFilename": False, "Comfy.EnableWorkflowViewRestore": False}
 SETTING_DEFAULTS = {"Comfy.PromptFilename": True, "Comfy.EnableWorkflowViewRestore": True}   # frontend 1.32.9
 
-BUILD_GRAPH_JS = """async ([api, name, layout, note, models]) => {
+BUILD_GRAPH_JS = """async ([api, name, columns, note, titles, models, gaps]) => {
     const app = window.app;
+    const [columnGap, rowGap] = gaps;
     app.loadApiJson(api, name + '.json');
-    for (const [id, [x, y, w, h]] of Object.entries(layout)) {
-        const n = app.graph.getNodeById(Number(id));
-        if (!n) throw new Error('node ' + id + ' is missing after loadApiJson');
-        n.pos = [x, y];
-        n.setSize([Math.max(w, n.size[0]), Math.max(h, n.size[1])]);
-    }
+    for (const [id, title] of Object.entries(titles)) app.graph.getNodeById(Number(id)).title = title;
     for (const [id, entries] of Object.entries(models)) app.graph.getNodeById(Number(id)).properties.models = entries;
-    const [text, [x, y, w, h]] = note;
-    const n = LiteGraph.createNode('MarkdownNote');
-    n.title = 'Read me';
-    n.pos = [x, y];
-    n.setSize([w, h]);
-    n.widgets[0].value = text;
-    app.graph.add(n);
+    const noteNode = LiteGraph.createNode('MarkdownNote');
+    noteNode.title = 'Read me';
+    noteNode.widgets[0].value = note;
+    app.graph.add(noteNode);
+    // Columns left to right, nodes top to bottom; a node is never made smaller than the
+    // frontend needs. pos is the top left of the body: the title bar sits above it.
+    const titleHeight = LiteGraph.NODE_TITLE_HEIGHT;
+    let x = 0;
+    for (const column of columns) {
+        let y = 0, width = 0;
+        for (const [id, w, h] of column) {
+            const n = id === 'note' ? noteNode : app.graph.getNodeById(Number(id));
+            if (!n) throw new Error('node ' + id + ' is missing after loadApiJson');
+            n.setSize([Math.max(w, n.size[0]), Math.max(h, n.size[1])]);
+            n.pos = [x, y];
+            y += n.size[1] + titleHeight + rowGap;
+            width = Math.max(width, n.size[0]);
+        }
+        x += width + columnGap;
+    }
     delete app.graph.extra.ds;
     app.graph.setDirtyCanvas(true, true);
     return app.graph.nodes.length;
@@ -237,10 +487,15 @@ BUILD_GRAPH_JS = """async ([api, name, layout, note, models]) => {
 
 def build_in_page(page, name: str, spec: dict) -> str:
     """The frontend's export of one workflow (JSON text) in an open ComfyUI page."""
-    layout = {str(k): list(v) for k, v in spec["layout"].items()}
-    models = {"1": [{"name": REAL_CHECKPOINT, "url": REAL_CHECKPOINT_URL, "directory": "checkpoints"}]}
-    count = page.evaluate(BUILD_GRAPH_JS, [api_prompt(spec), name, layout, [spec["note"][0], list(spec["note"][1])],
-                                           models])
+    placed = sorted(str(i) for column in spec["columns"] for i, _, _ in column)
+    if placed != sorted([str(k) for k in spec["api"]] + ["note"]):
+        raise RuntimeError(f"{name}: the layout places {placed}, the graph has {sorted(spec['api'])} and a note")
+    models = {LOADER: [{"name": REAL_CHECKPOINT, "url": REAL_CHECKPOINT_URL, "directory": "checkpoints"}],
+              **spec.get("models", {})}
+    columns = [[[str(i), w, h] for i, w, h in column] for column in spec["columns"]]
+    count = page.evaluate(BUILD_GRAPH_JS, [api_prompt(spec), name, columns, spec["note"],
+                                           {str(k): v for k, v in spec.get("titles", {}).items()},
+                                           {str(k): v for k, v in models.items()}, [COLUMN_GAP, ROW_GAP]])
     if count != len(spec["api"]) + 1:
         raise RuntimeError(f"{name}: the frontend built {count} nodes, expected {len(spec['api']) + 1}")
     with page.expect_download() as download:

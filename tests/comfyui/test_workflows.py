@@ -12,6 +12,11 @@ The saved audio must decode, be 44.1 kHz stereo of exactly frames * 4096 samples
 neither silent nor NaN. (b) also takes the README's screenshots (docs/images/<workflow>.png)
 of the file as opened, before any change.
 
+The workflows: text2music and audio2audio (ComfyUI's template recipe), and the ACE-Step app's
+tasks on its own recipe (AceStepGuidance, cfg 15, 60 steps): text2music_apg, text2music_lora
+(with a tiny LoRA written by acestep_core.lora.write_tiny_lora), retake, repaint, extend,
+lyric_edit and remix.
+
 Also here: the files are what scripts/make_workflows.py generates, ComfyUI lists them as the
 pack's templates, and ComfyUI's own ACE-Step templates (comfyui-workflow-templates) run with
 their CheckpointLoaderSimple replaced by LoadAceStepCheckpoint.
@@ -39,11 +44,14 @@ DOCS_IMAGES = REPO / "docs" / "images"
 PACK_FOLDER = "comfyui-acestep"   # the pack's folder name in custom_nodes/ (harness.PACK_NAME)
 SCREEN = (1600, 900)
 
-# How far the runs are shrunk. The canvas runs use other values than the API runs so that
+# How far the runs are shrunk. The canvas runs take one step more than the API runs so that
 # ComfyUI's cache cannot hand one of them the other's results.
 API_EDIT = {"seconds": 2.0, "steps": 2}
-CANVAS_EDIT = {"seconds": 3.0, "steps": 3}
-INPUT_SECONDS = 2.0               # the audio that audio2audio loads
+CANVAS_EDIT = {"seconds": 2.0, "steps": 3}
+INPUT_SECONDS = 2.0               # the song that the workflows starting from LoadAudio load
+EXTEND_EDIT = {"left_seconds": 0.5, "right_seconds": 1.0}
+REPAINT_EDIT = {"start_seconds": 0.5, "end_seconds": 1.5}
+TINY_LORA = "acestep_tiny_test_lora.safetensors"
 
 
 def load_generator():
@@ -126,27 +134,42 @@ def nodes_of(prompt: dict, class_type: str) -> list[dict]:
     return [node for node in prompt.values() if node["class_type"] == class_type]
 
 
-def shrink(prompt: dict, checkpoint: str, input_audio: str, seconds: float, steps: int) -> dict:
-    """The prompt with the tiny checkpoint, `seconds` of audio, `steps` steps, our input file."""
+def edits(checkpoint: str, input_audio: str, lora: str, seconds: float, steps: int) -> dict[str, dict]:
+    """Widget values that shrink a workflow to the tiny models, by node type and input name:
+    the tiny checkpoint, `seconds` of audio, `steps` steps, our input song and LoRA, and
+    repaint / extend ranges that fit a 2 s song."""
+    return {"LoadAceStepCheckpoint": {"ckpt_name": checkpoint},
+            "EmptyAceStepLatentAudio": {"seconds": seconds},
+            "KSampler": {"steps": steps}, "BasicScheduler": {"steps": steps},
+            "LoadAudio": {"audio": input_audio},
+            "AceStepLoraLoader": {"lora_name": lora},
+            "AceStepExtend": dict(EXTEND_EDIT),
+            "AceStepRepaint": dict(REPAINT_EDIT)}
+
+
+def edited(prompt: dict, values: dict[str, dict]) -> dict:
+    """A copy of an API prompt with `values` (from edits()) set."""
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "LoadAceStepCheckpoint":
-            inputs["ckpt_name"] = checkpoint
-        elif kind == "EmptyAceStepLatentAudio":
-            inputs["seconds"] = seconds
-        elif kind in ("KSampler", "KSamplerAdvanced", "BasicScheduler"):
-            inputs["steps"] = steps
-        elif kind == "LoadAudio":
-            inputs["audio"] = input_audio
+        for name, value in values.get(node["class_type"], {}).items():
+            assert name in node["inputs"], f"{node['class_type']} has no input {name}"
+            node["inputs"][name] = value
     return prompt
+
+
+def extension_frames(seconds: float) -> int:
+    """Frames AceStepExtend adds for `seconds`: int(seconds * 44100 / 4096)."""
+    return int(seconds * SAMPLE_RATE / SAMPLES_PER_FRAME)
 
 
 def expected_frames(prompt: dict, input_frames: int) -> int:
     """Latent frames of the song a (shrunk) workflow makes: from its empty latent, or from the
-    input audio when it starts from LoadAudio."""
+    input audio when it starts from LoadAudio, plus what AceStepExtend adds."""
     empty = nodes_of(prompt, "EmptyAceStepLatentAudio")
-    return latent_frames(empty[0]["inputs"]["seconds"]) if empty else input_frames
+    frames = latent_frames(empty[0]["inputs"]["seconds"]) if empty else input_frames
+    for node in nodes_of(prompt, "AceStepExtend"):
+        frames += extension_frames(node["inputs"]["left_seconds"]) + extension_frames(node["inputs"]["right_seconds"])
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +181,31 @@ def input_audio(comfy_server, tmp_path_factory) -> tuple[str, int]:
     path = write_test_song(tmp_path_factory.mktemp("audio") / "acestep_test_input.wav", INPUT_SECONDS)
     name = comfy_server.add_input_file(path)
     return name, encoded_frames(int(round(INPUT_SECONDS * SAMPLE_RATE)))
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(comfy_server, tiny_checkpoints) -> str:
+    """A random LoRA for the tiny checkpoint's transformer, in the server's models/loras/."""
+    from safetensors import safe_open
+
+    from acestep_core.lora import write_tiny_lora
+
+    checkpoint = comfy_server.base_dir / "models" / "checkpoints" / tiny_checkpoints["comfyui"]
+    prefix = "model.diffusion_model."
+    with safe_open(str(checkpoint), framework="pt") as f:
+        shapes = {k[len(prefix):]: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(prefix)}
+    folder = comfy_server.base_dir / "models" / "loras"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiny_lora(folder / TINY_LORA, shapes, rank=4, alpha=4.0)
+    return TINY_LORA
+
+
+@pytest.fixture(scope="module")
+def tiny_edits(tiny_checkpoints, input_audio, tiny_lora):
+    """edits(...) for the API runs and for the canvas runs."""
+    def make(seconds, steps):
+        return edits(tiny_checkpoints["comfyui"], input_audio[0], tiny_lora, seconds, steps)
+    return {"api": make(**API_EDIT), "canvas": make(**CANVAS_EDIT)}
 
 
 @pytest.fixture(scope="module")
@@ -267,12 +315,49 @@ def test_templates_open_from_the_templates_dialog(ui):
     assert sorted(types) == sorted(node["type"] for node in shipped["nodes"])
 
 
+# What each workflow does before the user changes anything, by node type and input name (in
+# the API prompt the frontend builds from the file). text2music / audio2audio: ComfyUI's
+# template values; the others: the ACE-Step app's defaults.
+TEMPLATE_SAMPLER = {"steps": 50, "cfg": 5, "sampler_name": "euler", "scheduler": "simple"}
+APP_SAMPLER = {"steps": 60, "cfg": 15, "sampler_name": "euler", "scheduler": "simple"}
+APP_GUIDANCE = {"cfg_type": "apg", "apg_momentum": -0.75, "apg_norm_threshold": 2.5, "guidance_interval": 0.5,
+                "omega_scale": 10, "use_erg_tag": True, "use_erg_lyric": False, "use_erg_diffusion": True}
+SHIPPED = {
+    "text2music": {"KSampler": {**TEMPLATE_SAMPLER, "denoise": 1}, "ModelSamplingSD3": {"shift": 5},
+                   "EmptyAceStepLatentAudio": {"seconds": 120}, "LatentOperationTonemapReinhard": {"multiplier": 1}},
+    "audio2audio": {"KSampler": {**TEMPLATE_SAMPLER, "denoise": 0.3}, "ModelSamplingSD3": {"shift": 5}},
+    "text2music_apg": {"KSampler": {**APP_SAMPLER, "denoise": 1}, "AceStepGuidance": APP_GUIDANCE},
+    "text2music_lora": {"KSampler": {**APP_SAMPLER, "denoise": 1}, "AceStepGuidance": APP_GUIDANCE,
+                        "AceStepLoraLoader": {"lora_name": "ace_step_v1_chinese_rap_lora.safetensors", "strength": 1}},
+    "retake": {"KSampler": {**APP_SAMPLER, "denoise": 1}, "AceStepGuidance": APP_GUIDANCE,
+               "AceStepRetakeModel": {"variance": 0.2}},
+    "repaint": {"KSampler": APP_SAMPLER, "AceStepGuidance": APP_GUIDANCE,
+                "AceStepRepaint": {"start_seconds": 20, "end_seconds": 30, "variance": 0.2}},
+    "extend": {"KSampler": {**APP_SAMPLER, "denoise": 1}, "AceStepGuidance": APP_GUIDANCE,
+               "AceStepExtend": {"left_seconds": 0, "right_seconds": 30}},
+    "lyric_edit": {"AceStepEdit": {"mode": "only_lyrics", "cfg": 15, "cfg_type": "apg"},
+                   "BasicScheduler": {"steps": 60, "scheduler": "simple", "denoise": 1},
+                   "KSamplerSelect": {"sampler_name": "euler"}},
+    "remix": {"AceStepEdit": {"mode": "remix", "cfg": 15, "cfg_type": "apg"},
+              "BasicScheduler": {"steps": 60, "scheduler": "simple", "denoise": 1},
+              "KSamplerSelect": {"sampler_name": "euler"}},
+}
+STARTS_FROM_A_SONG = {"audio2audio", "repaint", "extend", "lyric_edit", "remix"}
+# The node whose result is the music (it must really run in each test).
+SAMPLERS = ("KSampler", "SamplerCustomAdvanced")
+
+
+def test_every_workflow_has_expectations():
+    assert sorted(SHIPPED) == sorted(WORKFLOW_NAMES)
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
-def test_shipped_defaults(name):
-    """What a user gets before changing anything: the real checkpoint's name (with the
-    download link ComfyUI's missing-models dialog offers), the official template's sampling
-    values, a Note that says where the checkpoint goes and that the demo one makes noise."""
+def test_shipped_file(name, comfy_server):
+    """The file as a user gets it: the real checkpoint's name (with the download link ComfyUI's
+    missing-models dialog offers), a Note that says where the checkpoint goes and that the demo
+    one makes noise, every required input connected, and nothing the server does not know."""
     workflow = json.loads((WORKFLOWS_DIR / f"{name}.json").read_text())
+    info = comfy_server.object_info()
     by_type = {}
     for node in workflow["nodes"]:
         by_type.setdefault(node["type"], []).append(node)
@@ -280,23 +365,22 @@ def test_shipped_defaults(name):
     assert loader["widgets_values"][0] == "ace_step_v1_3.5b.safetensors"
     assert loader["properties"]["models"][0]["name"] == "ace_step_v1_3.5b.safetensors"
     assert loader["properties"]["models"][0]["directory"] == "checkpoints"
-    (sampler,) = by_type["KSampler"]
-    seed, control, steps, cfg, sampler_name, scheduler, denoise = sampler["widgets_values"]
-    assert (steps, cfg, sampler_name, scheduler) == (50, 5, "euler", "simple")
-    assert denoise == (0.3 if name == "audio2audio" else 1)
-    assert by_type["ModelSamplingSD3"][0]["widgets_values"] == [5]
-    assert "SaveAudio" in by_type and "VAEDecodeAudio" in by_type and "TextEncodeAceStepAudio" in by_type
-    assert "ConditioningZeroOut" in by_type
-    assert ("LoadAudio" in by_type) == (name == "audio2audio")
-    assert ("EmptyAceStepLatentAudio" in by_type) == (name != "audio2audio")
-    (note,) = by_type["MarkdownNote"]
+    for lora in by_type.get("AceStepLoraLoader", []):
+        assert lora["properties"]["models"][0] == {"name": lora["widgets_values"][0], "directory": "loras",
+                                                   "url": GENERATOR.LORA_URL}
+    (note,) = by_type.pop("MarkdownNote")
     text = note["widgets_values"][0]
     for needle in ("models/checkpoints", "ace_step_v1_3.5b.safetensors", "random weights", "noise"):
         assert needle in text, needle
-    # Every input of every node is connected (a dangling input fails only when queued).
-    for node in workflow["nodes"]:
-        for slot in node.get("inputs", []):
-            assert slot.get("link") is not None, f"{node['type']}.{slot['name']} is not connected"
+    assert ("LoadAudio" in by_type) == (name in STARTS_FROM_A_SONG)
+    assert "SaveAudio" in by_type and "VAEDecodeAudio" in by_type
+    for kind, nodes in by_type.items():
+        assert kind in info, f"{kind} is not a node type of this server"
+        required = info[kind]["input"].get("required", {})
+        for node in nodes:
+            for slot in node.get("inputs", []):
+                if slot["name"] in required and "widget" not in slot:
+                    assert slot.get("link") is not None, f"{kind}.{slot['name']} is not connected"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,56 +390,74 @@ def test_shipped_defaults(name):
 def api_prompts(comfy_server, ui) -> dict[str, dict]:
     """Each shipped workflow as the API prompt that the frontend builds from it."""
     prompts = {}
+    fresh(ui)
     for name in WORKFLOW_NAMES:
-        fresh(ui).load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=False)
+        ui.load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=False)
         prompts[name] = ui.graph_to_prompt()
     return prompts
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
-def test_workflow_runs_as_api_prompt(name, comfy_server, tiny_checkpoints, input_audio, api_prompts, artifacts_dir):
+def test_shipped_values(name, api_prompts):
     prompt = api_prompts[name]
-    # The frontend turned the file into the graph the workflow describes.
-    (sampler,) = nodes_of(prompt, "KSampler")
-    assert sampler["inputs"]["cfg"] == 5 and sampler["inputs"]["steps"] == 50
     assert nodes_of(prompt, "LoadAceStepCheckpoint")[0]["inputs"]["ckpt_name"] == "ace_step_v1_3.5b.safetensors"
     assert not nodes_of(prompt, "MarkdownNote"), "notes are not sent to the server"
+    for kind, values in SHIPPED[name].items():
+        (node,) = nodes_of(prompt, kind)
+        for key, value in values.items():
+            got = node["inputs"][key]
+            if isinstance(value, float):
+                assert got == pytest.approx(value), f"{kind}.{key}: {got}"
+            else:
+                assert got == value, f"{kind}.{key}: {got}"
+    if name == "repaint":     # the variance drives KSampler's denoise through a link
+        (repaint_id,) = [k for k, v in prompt.items() if v["class_type"] == "AceStepRepaint"]
+        assert nodes_of(prompt, "KSampler")[0]["inputs"]["denoise"] == [repaint_id, 1]
+    if name == "retake":      # KSampler's seed is the original song's: it must not change by itself
+        assert nodes_of(prompt, "KSampler")[0]["inputs"]["seed"] == GENERATOR.SEED
 
-    prompt = shrink(prompt, tiny_checkpoints["comfyui"], input_audio[0], **API_EDIT)
+
+def sampler_id(prompt: dict) -> str:
+    (found,) = [k for k, v in prompt.items() if v["class_type"] in SAMPLERS]
+    return found
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_workflow_runs_as_api_prompt(name, comfy_server, input_audio, tiny_edits, api_prompts, artifacts_dir):
+    prompt = edited(api_prompts[name], tiny_edits["api"])
     entry = comfy_server.run_prompt(prompt, timeout=600)
+    assert sampler_id(prompt) in executed_nodes(entry)
     (song,) = audio_outputs(comfy_server, entry)
-    assert song.suffix == ".flac" and song.name.startswith(f"ace_step_{name}")
+    assert song.suffix == ".flac" and song.name.startswith(f"ace_step_{name}_")
     check_song(song, expected_frames(prompt, input_audio[1]))
     (artifacts_dir / f"workflow_{name}_api.flac").write_bytes(song.read_bytes())
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
-def test_workflow_runs_from_the_canvas(name, comfy_server, tiny_checkpoints, input_audio, ui, artifacts_dir):
+def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edits, api_prompts, ui, artifacts_dir):
     """Dropped on the canvas, screenshot for the README, widgets changed, Run."""
     fresh(ui).load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=True)
     # No view is stored in the file: ComfyUI fits the graph to the window once it is drawn.
     ui.page.wait_for_function("window.app.canvas.ds.scale !== 1", timeout=30_000)
+    ui.page.wait_for_load_state("networkidle")      # widgets that ask the server (previews) are done
     ui.page.wait_for_timeout(500)
     assert ui.page_errors == [], ui.page_errors
     update_screenshot(ui.screenshot(artifacts_dir / f"workflow_{name}_opened.png"), DOCS_IMAGES / f"{name}.png")
 
-    set_widgets(ui, {"LoadAceStepCheckpoint": {"ckpt_name": tiny_checkpoints["comfyui"]},
-                     "EmptyAceStepLatentAudio": {"seconds": CANVAS_EDIT["seconds"]},
-                     "KSampler": {"steps": CANVAS_EDIT["steps"]},
-                     "LoadAudio": {"audio": input_audio[0]}})
+    set_widgets(ui, tiny_edits["canvas"])
     prompt_id = ui.run()
     entry = comfy_server.wait_for(prompt_id, timeout=600)
     ui.page.wait_for_timeout(500)
     ui.screenshot(artifacts_dir / f"workflow_{name}_after_run.png")
 
-    prompt = entry["prompt"][2]
-    (sampler_id,) = [k for k, v in prompt.items() if v["class_type"] == "KSampler"]
-    assert sampler_id in executed_nodes(entry), "the sampler's result came from the cache"
-    sampler = prompt[sampler_id]["inputs"]
-    assert sampler["steps"] == CANVAS_EDIT["steps"] and sampler["cfg"] == 5          # edited / as shipped
-    assert sampler["denoise"] == pytest.approx(0.3 if name == "audio2audio" else 1.0)
+    # What Run sent is the file with exactly the changed widgets changed.
+    queued = entry["prompt"][2]
+    expected = edited(api_prompts[name], tiny_edits["canvas"])
+    assert {k: (v["class_type"], v["inputs"]) for k, v in queued.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in expected.items()}
+    assert sampler_id(queued) in executed_nodes(entry), "the sampler's result came from the cache"
     (song,) = audio_outputs(comfy_server, entry)
-    check_song(song, expected_frames(prompt, input_audio[1]))
+    check_song(song, expected_frames(queued, input_audio[1]))
     (artifacts_dir / f"workflow_{name}_canvas.flac").write_bytes(song.read_bytes())
 
 
@@ -395,11 +497,11 @@ def with_our_loader(prompt: dict, checkpoint: str) -> dict:
 
 
 @pytest.mark.parametrize("template", sorted(OFFICIAL_TEMPLATES))
-def test_official_template_runs_with_our_loader(template, comfy_server, tiny_checkpoints, input_audio, ui):
+def test_official_template_runs_with_our_loader(template, comfy_server, tiny_checkpoints, input_audio, tiny_edits,
+                                                ui):
     fresh(ui).load_workflow(OFFICIAL_TEMPLATES[template], drag_drop=False)
     prompt = ui.graph_to_prompt()       # subgraphs are flattened here, as when Run is pressed
-    prompt = shrink(with_our_loader(prompt, tiny_checkpoints["comfyui"]), tiny_checkpoints["comfyui"],
-                    input_audio[0], **API_EDIT)
+    prompt = edited(with_our_loader(prompt, tiny_checkpoints["comfyui"]), tiny_edits["api"])
     entry = comfy_server.run_prompt(prompt, timeout=600)
     songs = audio_outputs(comfy_server, entry)
     assert songs, f"{template} saved no audio"
