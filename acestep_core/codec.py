@@ -98,10 +98,7 @@ class AudioCodec(nn.Module):
         float32."""
         mel = mel_norm.float() * 0.5 + 0.5
         mel = mel * (MEL_MAX - MEL_MIN) + MEL_MIN
-        # One channel at a time, as the original does: the vocoder's full-rate activations are
-        # the largest tensors of a decode, and batching the two channels would double them.
-        return torch.cat([self.vocoder.decode(mel[0, c:c + 1]).squeeze(1).float()
-                          for c in range(mel.shape[1])])
+        return self.vocoder.decode(mel[0]).squeeze(1).float()   # both channels as a batch of 2
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, chunk_frames: int | None = _DEFAULT,
