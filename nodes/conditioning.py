@@ -1,4 +1,4 @@
-"""TextEncodeAceStepAudio, for ComfyUI versions that do not have it built in.
+"""TextEncodeAceStepAudio (for ComfyUI versions that do not have it built in) and the lyrics preview.
 
 Same id, inputs, defaults, output and behaviour as ComfyUI's own node (comfy_extras/nodes_ace.py
 in 0.3.75). Where the built-in exists ComfyUI keeps it and ignores this one; both work with the
@@ -49,6 +49,53 @@ class TextEncodeAceStepAudio:
         return (set_conditioning_values(conditioning, {"lyrics_strength": lyrics_strength}),)
 
 
-NODE_CLASS_MAPPINGS = {"TextEncodeAceStepAudio": TextEncodeAceStepAudio}
+class AceStepLyricsPreview:
+    """What the model will read: per line the language, the normalised / romanized text and the
+    token count, and the total against the limit, before minutes of sampling are spent."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from acestep_core.text.lyrics import LYRIC_TOKEN_LIMIT
+        return {
+            "required": {
+                "lyrics": ("STRING", {
+                    "multiline": True,
+                    "tooltip": "The lyrics exactly as given to TextEncodeAceStepAudio; `[xx]` at the "
+                               "start of a line (e.g. [ja]) sets its language instead of detection."}),
+                "limit": ("INT", {
+                    "default": LYRIC_TOKEN_LIMIT, "min": 1, "max": 1_000_000,
+                    "tooltip": "Token budget to check against (4096 is the longest lyric sequence the "
+                               "model was trained on); lines beyond it are marked."}),
+            },
+            "optional": {
+                "ckpt_name": ("STRING", {
+                    "default": "",
+                    "tooltip": "Optional checkpoint name whose own vocab.json should be used; empty "
+                               "uses the vocabulary ComfyUI ships."}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("preview",)
+    OUTPUT_NODE = True
+    FUNCTION = "preview"
+    CATEGORY = "audio/acestep"
+
+    def preview(self, lyrics, limit, ckpt_name=""):
+        import logging
+
+        from .routes import lyric_tokenizer
+
+        result = lyric_tokenizer(ckpt_name or None).preview(lyrics, limit=int(limit))
+        table = result.format()
+        if result.over_limit:
+            logging.getLogger("comfyui-acestep").warning(
+                "AceStepLyricsPreview: lyrics use %d tokens, %d over the limit of %d",
+                result.total_tokens, result.cut_tokens, result.limit)
+        return {"ui": {"text": [table]}, "result": (table,)}
+
+
+NODE_CLASS_MAPPINGS = {"TextEncodeAceStepAudio": TextEncodeAceStepAudio,
+                       "AceStepLyricsPreview": AceStepLyricsPreview}
 # No display name: the built-in has none either, and a mapping here would rename the built-in.
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {"AceStepLyricsPreview": "ACE-Step Lyrics Preview"}

@@ -705,3 +705,19 @@ def test_pack_exports(pack):
     # Mirrors of built-ins must not rename the built-ins (ComfyUI applies every display name).
     for node in ("TextEncodeAceStepAudio", "EmptyAceStepLatentAudio", "LatentOperationTonemapReinhard"):
         assert node not in root.NODE_DISPLAY_NAME_MAPPINGS
+
+
+def test_lyrics_preview_node_shows_what_the_model_reads(pack):
+    from acestep_core.text.lyrics import LyricTokenizer
+    from acestep_core.text.vocab import find_lyric_vocab
+
+    node = pack["root"].NODE_CLASS_MAPPINGS["AceStepLyricsPreview"]()
+    lyrics = "[verse]\nHello world 2 times\n我爱你\n[ja]東京の夜"
+    out = node.preview(lyrics, limit=4096)
+    expected = LyricTokenizer(find_lyric_vocab()).preview(lyrics, limit=4096)
+    table = out["result"][0]
+    assert out["ui"]["text"] == [table] and table == expected.format()
+    assert "wo3ai4ni3" in table and "two times" in table and f"total {expected.total_tokens} tokens" in table
+    # Over the limit: the table says how much is cut.
+    short = node.preview(lyrics, limit=5)["result"][0]
+    assert "beyond the limit" in short and "warning" in short
