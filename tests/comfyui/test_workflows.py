@@ -439,8 +439,11 @@ def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edi
     fresh(ui).load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=True)
     # No view is stored in the file: ComfyUI fits the graph to the window once it is drawn.
     ui.page.wait_for_function("window.app.canvas.ds.scale !== 1", timeout=30_000)
-    ui.page.wait_for_load_state("networkidle")      # widgets that ask the server (previews) are done
-    ui.page.wait_for_timeout(500)
+    # Widgets that ask the server for a preview (the lyric panel) wait for typing to pause
+    # (350 ms) first: give them that, then let their requests finish.
+    ui.page.wait_for_timeout(1000)
+    ui.page.wait_for_load_state("networkidle")
+    ui.page.wait_for_timeout(300)
     assert ui.page_errors == [], ui.page_errors
     update_screenshot(ui.screenshot(artifacts_dir / f"workflow_{name}_opened.png"), DOCS_IMAGES / f"{name}.png")
 
