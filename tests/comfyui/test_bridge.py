@@ -12,20 +12,14 @@ the folder's name), never as ``nodes``.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import comfy  # on sys.path through tests/conftest.py
-
-COMFYUI_DIR = Path(list(comfy.__path__)[0]).resolve().parent   # comfy is a namespace package
-REPO = Path(__file__).resolve().parents[2]
-PACK = "comfyui_acestep"
+from .pack_import import PACK, comfy_nodes_module, pack_module
 
 TAGS = "pop, piano, upbeat, female vocal"
 LYRICS = "[verse]\nHello (ooh) world, we sing tonight\n\n[chorus]\nLa la la (yeah)"
@@ -37,34 +31,6 @@ SEED, STEPS, CFG = 42, 3, 3.0
 # ---------------------------------------------------------------------------------------------
 # Imports: ComfyUI's `nodes`, the pack as a package
 # ---------------------------------------------------------------------------------------------
-def _import_file(name: str, path: Path, package_dir: Path | None = None):
-    kwargs = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
-    spec = importlib.util.spec_from_file_location(name, path, **kwargs)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def comfy_nodes_module():
-    """ComfyUI's nodes.py as `nodes` (what comfy_extras and every ComfyUI module import)."""
-    path = (COMFYUI_DIR / "nodes.py").resolve()
-    current = sys.modules.get("nodes")
-    if current is not None and Path(getattr(current, "__file__", "") or "").resolve() == path:
-        return current
-    return _import_file("nodes", path)
-
-
-def pack_module():
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    return _import_file(PACK, REPO / "__init__.py", REPO)
-
-
 @pytest.fixture(scope="module")
 def comfy_env():
     """ComfyUI modules the tests drive, with ComfyUI's `nodes` in place."""

@@ -11,20 +11,13 @@ is imported as the package ``comfyui_acestep``.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import comfy  # on sys.path through tests/conftest.py
-
-COMFYUI_DIR = Path(list(comfy.__path__)[0]).resolve().parent
-REPO = Path(__file__).resolve().parents[2]
-PACK = "comfyui_acestep"
+from .pack_import import PACK, comfy_nodes_module, pack_module
 
 TAGS = "pop, piano, upbeat, female vocal"
 LYRICS = "[verse]\nHello world, we sing tonight\n\n[chorus]\nLa la la"
@@ -36,36 +29,15 @@ SEED, RETAKE_SEED, STEPS, CFG = 42, 7, 4, 3.0
 # ---------------------------------------------------------------------------------------------
 # Imports: ComfyUI's `nodes`, the pack as a package
 # ---------------------------------------------------------------------------------------------
-def _import_file(name: str, path: Path, package_dir: Path | None = None):
-    kwargs = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
-    spec = importlib.util.spec_from_file_location(name, path, **kwargs)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _comfy_nodes_module():
-    path = (COMFYUI_DIR / "nodes.py").resolve()
-    current = sys.modules.get("nodes")
-    if current is not None and Path(getattr(current, "__file__", "") or "").resolve() == path:
-        return current
-    return _import_file("nodes", path)
-
-
 @pytest.fixture(scope="module")
 def env():
     import comfy.utils
-    nodes = _comfy_nodes_module()
+    nodes = comfy_nodes_module()
     comfy.utils.PROGRESS_BAR_ENABLED = False
     out = {"nodes": nodes}
     for name in ("nodes_ace", "nodes_custom_sampler"):
         out[name] = importlib.import_module(f"comfy_extras.{name}")
-    pack = sys.modules.get(PACK) or _import_file(PACK, REPO / "__init__.py", REPO)
+    pack = pack_module()
     out["pack"] = pack
     for name in ("tasks", "guidance", "lora", "loaders"):
         out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
