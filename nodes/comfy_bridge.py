@@ -530,24 +530,9 @@ class AceStepVAE(comfy.sd.VAE):
     def decode(self, samples_in, vae_options={}):
         latent = _check_latent(samples_in)
         self._load(self.memory_used_decode(latent.shape, self.vae_dtype))
-        batch = latent.shape[0]
-        pbar = comfy.utils.ProgressBar(batch)
-        out = None
-        for b in range(batch):
-            def on_progress(done, total, b=b):
-                mm.throw_exception_if_processing_interrupted()
-                pbar.update_absolute(b * total + done, batch * total)
-
-            mm.throw_exception_if_processing_interrupted()
-            one = latent[b:b + 1].to(device=self.device)      # the codec casts to its own dtype
-            with torch.no_grad():
-                wav = self.codec.decode(one, chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames,
-                                        on_progress=on_progress)             # [1, 2, T * 4096]
-            wav = wav.to(self.output_device).float().movedim(1, -1)          # [1, S, 2]
-            if out is None:
-                out = torch.empty((batch,) + tuple(wav.shape[1:]), device=self.output_device)
-            out[b:b + 1] = wav
-        return out
+        return self._per_item(latent, lambda one, on_progress: self.codec.decode(
+            one, chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames,
+            on_progress=on_progress).movedim(1, -1))                       # [1, S, 2]
 
     def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
         return self.decode(samples)  # decoding is always chunked along time
@@ -556,7 +541,15 @@ class AceStepVAE(comfy.sd.VAE):
     def encode(self, pixel_samples):
         audio = _check_audio(pixel_samples)                                 # [B, 2, S], S % 4096 == 0
         self._load(self.memory_used_encode(audio.shape, self.vae_dtype))
-        batch = audio.shape[0]
+        return self._per_item(audio, lambda one, on_progress: self.codec.encode(
+            one, chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames,
+            on_progress=on_progress))                                      # [1, 8, 16, T]
+
+    def _per_item(self, batch_in: torch.Tensor, run) -> torch.Tensor:
+        """run(one item [1, ...] on the VAE device, on_progress) for each batch item, with one
+        ComfyUI progress bar over all items' chunks and interrupt checks between chunks; results
+        gathered as float32 on the output device."""
+        batch = batch_in.shape[0]
         pbar = comfy.utils.ProgressBar(batch)
         out = None
         for b in range(batch):
@@ -565,14 +558,12 @@ class AceStepVAE(comfy.sd.VAE):
                 pbar.update_absolute(b * total + done, batch * total)
 
             mm.throw_exception_if_processing_interrupted()
-            one = audio[b:b + 1].to(device=self.device)      # float32: the mel front end needs it
+            one = batch_in[b:b + 1].to(device=self.device)   # the codec casts to its own dtype
             with torch.no_grad():
-                latent = self.codec.encode(one, chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames,
-                                           on_progress=on_progress)          # [1, 8, 16, T]
-            latent = latent.to(self.output_device).float()
+                result = run(one, on_progress).to(self.output_device).float()
             if out is None:
-                out = torch.empty((batch,) + tuple(latent.shape[1:]), device=self.output_device)
-            out[b:b + 1] = latent
+                out = torch.empty((batch,) + tuple(result.shape[1:]), device=self.output_device)
+            out[b:b + 1] = result
         return out
 
     def encode_tiled(self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
