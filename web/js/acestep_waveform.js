@@ -1,14 +1,16 @@
 // Waveform region picker for AceStepRepaint and AceStepExtend.
 //
-// The node's `samples` input is followed upstream (through VAEEncodeAudio's `audio` input, and
-// through reroutes) to a LoadAudio node; that file's waveform is drawn from
-// GET /acestep/audio/peaks (nodes/routes.py), and it plays through ComfyUI's /view URL.
+// The node's `samples` input is followed upstream to the audio it stands for (upstreamAudio: a
+// LoadAudio file, else the audio the graph's last run decoded from that latent and saved); its
+// waveform is drawn from GET /acestep/audio/peaks (nodes/routes.py), and it plays through
+// ComfyUI's /view URL.
 //   * AceStepRepaint: drag across the waveform to pick the part to regenerate; it is written
 //     into start_seconds / end_seconds. Dragging near an edge of the region moves that edge.
 //   * AceStepExtend: the song sits in the middle of a timeline with room on both sides; drag
 //     the left / right handle outwards to set left_seconds / right_seconds.
-// Editing the number widgets moves the region. With no audio upstream a placeholder says what
-// to connect. The number widgets stay the source of truth and keep working on their own.
+// Editing the number widgets moves the region. With no audio yet a placeholder says what to
+// connect, or to run the graph once. The number widgets stay the source of truth and keep
+// working on their own.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
@@ -29,7 +31,7 @@ const STYLE = `
   background: var(--comfy-input-bg, #1c1c1c); border: 1px solid var(--border-color, #444); border-radius: 6px;
   touch-action: none; }
 .acestep-wave-bar { display: flex; gap: 6px; align-items: center; min-height: 20px; }
-.acestep-wave-bar button { font: inherit; padding: 1px 8px; border-radius: 4px; cursor: pointer;
+.acestep-wave-bar button { flex: none; font: inherit; padding: 1px 8px; border-radius: 4px; cursor: pointer;
   color: var(--input-text, #ddd); background: var(--comfy-menu-bg, #333); border: 1px solid var(--border-color, #555); }
 .acestep-wave-bar button:disabled { opacity: 0.4; cursor: default; }
 .acestep-wave-info { opacity: 0.75; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
@@ -48,33 +50,107 @@ function linkById(graph, id) {
   return graph.links?.get ? graph.links.get(id) : graph.links?.[id];
 }
 
-function originOf(node, inputName) {
-  const input = inputName == null ? node.inputs?.[0] : node.inputs?.find((i) => i.name === inputName);
-  const link = linkById(node.graph, input?.link);
-  return link ? node.graph.getNodeById(link.origin_id) : null;
-}
+const classOf = (node) => node?.comfyClass ?? node?.type;
+// Legacy Reroute nodes only pass a link on; both walks below look through them.
+const isReroute = (node) => classOf(node) === "Reroute";
 
-// The audio file feeding `node`'s samples: {filename, subfolder, type} or null.
-export function upstreamAudio(node) {
-  let current = originOf(node, "samples");
-  for (let hops = 0; current && hops < 16; hops++) {
-    const type = current.comfyClass ?? current.type;
-    if (type === "LoadAudio") {
-      const widget = current.widgets?.find((w) => w.name === "audio");
-      const value = typeof widget?.value === "string" ? widget.value.trim() : "";
-      if (!value) return null;
-      // LoadAudio values look like "name.wav", "sub/name.wav" or "name.wav [output]".
-      const annotated = value.match(/^(.*?)\s*\[(input|output|temp)\]$/);
-      const path = annotated ? annotated[1] : value;
-      const folder = annotated ? annotated[2] : "input";
-      const cut = path.lastIndexOf("/");
-      return { filename: path.slice(cut + 1), subfolder: cut >= 0 ? path.slice(0, cut) : "", type: folder };
-    }
-    if (type === "VAEEncodeAudio") current = originOf(current, "audio");
-    else if (type === "Reroute") current = originOf(current, null);
-    else return null;
+// The node and output slot feeding `node`'s input (by name; the first input when null).
+function originOf(node, inputName) {
+  for (let hops = 0; node && hops < 16; hops++) {
+    const input = inputName == null ? node.inputs?.[0] : node.inputs?.find((i) => i.name === inputName);
+    const link = linkById(node.graph, input?.link);
+    const origin = link ? node.graph.getNodeById(link.origin_id) : null;
+    if (!origin || !isReroute(origin)) return origin ? { node: origin, slot: link.origin_slot } : null;
+    node = origin;
+    inputName = null;
   }
   return null;
+}
+
+// The nodes that take `node`'s output `slot` as an input.
+function consumersOf(node, slot, hops = 0) {
+  const found = [];
+  for (const id of node.outputs?.[slot]?.links ?? []) {
+    const link = linkById(node.graph, id);
+    const target = link && node.graph.getNodeById(link.target_id);
+    if (!target) continue;
+    if (isReroute(target) && hops < 16) found.push(...consumersOf(target, 0, hops + 1));
+    else found.push(target);
+  }
+  return found;
+}
+
+// The file of a LoadAudio whose encoding is exactly the latent at `samples` (through
+// VAEEncodeAudio): {filename, subfolder, type} or null. Known before anything has run.
+function loadedFile(node) {
+  let at = originOf(node, "samples");
+  if (classOf(at?.node) === "VAEEncodeAudio") at = originOf(at.node, "audio");
+  if (classOf(at?.node) !== "LoadAudio") return null;
+  const widget = at.node.widgets?.find((w) => w.name === "audio");
+  const value = typeof widget?.value === "string" ? widget.value.trim() : "";
+  if (!value) return null;
+  // LoadAudio values look like "name.wav", "sub/name.wav" or "name.wav [output]".
+  const annotated = value.match(/^(.*?)\s*\[(input|output|temp)\]$/);
+  const path = annotated ? annotated[1] : value;
+  const cut = path.lastIndexOf("/");
+  return { filename: path.slice(cut + 1), subfolder: cut >= 0 ? path.slice(0, cut) : "",
+           type: annotated ? annotated[2] : "input" };
+}
+
+// The first audio file an output node (SaveAudio, PreviewAudio, ...) showed after the last run,
+// from the outputs the app keeps per node (keyed like the frontend's node locator ids), or null.
+function savedAudio(node) {
+  const key = node.graph?.isRootGraph === false ? `${node.graph.id}:${node.id}` : String(node.id);
+  const item = app.nodeOutputs?.[key]?.audio?.[0];
+  return item?.filename ? { filename: item.filename, subfolder: item.subfolder ?? "", type: item.type ?? "output" }
+    : null;
+}
+
+// Output nodes that show the audio of `node`'s output `slot`: the ones fed by it directly for
+// an AUDIO output, the ones fed by a decoder of it (a consumer with an AUDIO output) for a LATENT.
+function audioViewers(node, slot) {
+  let sources = [{ node, slot }];
+  if (node.outputs?.[slot]?.type === "LATENT") {
+    sources = consumersOf(node, slot).map((d) => ({ node: d, slot: d.outputs?.findIndex((o) => o.type === "AUDIO") }))
+      .filter((d) => d.slot >= 0);
+  }
+  return sources.flatMap((s) => consumersOf(s.node, s.slot))
+    .filter((v) => v.constructor?.nodeData?.output_node || savedAudio(v));
+}
+
+const NO_AUDIO = { source: null, origin: "none",
+  label: "No audio: connect LoadAudio → VAEEncodeAudio → samples,\n"
+    + "or decode the latent feeding samples into SaveAudio / PreviewAudio and run" };
+
+// Nodes whose output is not the same timeline as their input: the walk below stops there, or
+// it would draw a song of another length under the picker.
+const CHANGES_LENGTH = new Set(["AceStepExtend"]);
+
+// The audio the picker draws: {source: {filename, subfolder, type} | null, label, origin:
+// "file" | "decoded" | "waiting" (for a run) | "none"}. In order of preference:
+//   1. a LoadAudio file that `samples` is the encoding of (exact, and known before any run);
+//   2. else the audio saved in the last run from a decoder of the latent that feeds `samples`,
+//      or of the latent it was made from (walking up through reroutes and other latent nodes):
+//      the usual text2music -> decode -> save graph with a repaint of the generated song;
+//   3. else nothing, with a hint: run the graph once, or what to connect.
+export function upstreamAudio(node) {
+  const file = loadedFile(node);
+  if (file) return { source: file, origin: "file", label: "LoadAudio" };
+  let waitingFor = null;
+  let at = originOf(node, "samples");
+  for (let hops = 0; at && hops < 16; hops++) {
+    for (const viewer of audioViewers(at.node, at.slot)) {
+      const saved = savedAudio(viewer);
+      if (saved) return { source: saved, origin: "decoded", label: `${viewer.title} #${viewer.id}, last run` };
+      waitingFor ??= viewer;
+    }
+    if (CHANGES_LENGTH.has(classOf(at.node))) break;
+    const next = at.node.inputs?.find((i) => i.type === "LATENT" || i.type === "AUDIO");
+    at = next ? originOf(at.node, next.name) : null;
+  }
+  if (!waitingFor) return NO_AUDIO;
+  return { source: null, origin: "waiting",
+           label: `Run the graph once:\nthe audio that ${waitingFor.title} #${waitingFor.id} saves will be drawn here` };
 }
 
 function fmt(seconds) {
@@ -122,7 +198,9 @@ function attachPicker(node, spec) {
 
   // state.view: the time range drawn across the canvas (the song for repaint; the song with
   // room on both sides for extend, frozen while dragging so the handles do not run away).
-  const state = { source: null, key: null, peaks: null, duration: 0, error: null, loading: false,
+  // state.found: what upstreamAudio last answered (source, origin, label).
+  const state = { found: NO_AUDIO, key: null,
+                  peaks: null, level: 0, duration: 0, error: null, loading: false,
                   view: [0, 1], drag: null, lastDrawn: null, playing: false };
 
   const getA = () => Number(wa.value) || 0;
@@ -169,15 +247,19 @@ function attachPicker(node, spec) {
       g.textAlign = "center";
       const message = state.loading ? "Loading waveform…"
         : state.error ? `No waveform: ${state.error}`
-        : "No audio: connect LoadAudio → VAEEncodeAudio → samples";
-      g.fillText(message, cssW / 2, cssH / 2, cssW - 12);
+        : state.found.label;
+      const lines = message.split("\n");
+      lines.forEach((line, i) => g.fillText(line, cssW / 2, cssH / 2 + (i - (lines.length - 1) / 2) * 16, cssW - 12));
       root.dataset.state = state.loading ? "loading" : state.error ? "error" : "empty";
+      root.dataset.message = message;
       return;
     }
     const view = currentView();
     root.dataset.view = JSON.stringify(view);  // the time range across the canvas, for tests
     const x = (t) => ((t - view[0]) / (view[1] - view[0])) * cssW;
-    const mid = cssH / 2, amp = cssH / 2 - 4;
+    // Drawn normalised to the loudest peak (at most x50, so near-silence stays flat): a quiet
+    // render still shows where its notes are, and the level is not what is picked here.
+    const mid = cssH / 2, amp = (cssH / 2 - 4) / Math.max(state.level, 0.02);
     // The song's extent (extend mode shows room around it).
     if (spec.mode === "extend") {
       g.fillStyle = "rgba(255,255,255,0.04)";
@@ -233,16 +315,19 @@ function attachPicker(node, spec) {
   }
 
   function updateInfo() {
-    if (!state.source) { info.textContent = ""; return; }
-    const name = state.source.subfolder ? `${state.source.subfolder}/${state.source.filename}` : state.source.filename;
-    info.textContent = state.peaks ? `${name} · ${fmt(state.duration)}` : name;
+    const source = state.found.source;
+    if (!source) { info.textContent = ""; return; }
+    const name = source.subfolder ? `${source.subfolder}/${source.filename}` : source.filename;
+    info.textContent = state.peaks ? `${state.found.label} · ${fmt(state.duration)} · ${name}` : name;
     info.title = info.textContent;
   }
 
-  async function loadPeaks(source) {
-    const key = JSON.stringify(source);
+  async function loadPeaks(found) {
+    const key = JSON.stringify(found);
+    const source = found.source;
     state.key = key;
-    state.source = source;
+    state.found = found;
+    root.dataset.origin = found.origin;
     state.peaks = null;
     state.error = null;
     audio.pause();
@@ -258,6 +343,7 @@ function attachPicker(node, spec) {
       if (state.key !== key) return;
       if (!response.ok || result.error) throw new Error(result.error ?? `HTTP ${response.status}`);
       state.peaks = result.peaks;
+      state.level = Math.max(...result.peaks.map(([lo, hi]) => Math.max(-lo, hi)));
       state.duration = result.duration;
       root.dataset.duration = String(result.duration);
       const view = new URLSearchParams({ filename: source.filename, subfolder: source.subfolder, type: source.type });
@@ -344,12 +430,13 @@ function attachPicker(node, spec) {
     requestAnimationFrame(tick);
   }
 
-  // Follow the graph: upstream file changes reload the peaks, widget edits redraw the region.
+  // Follow the graph: a new upstream file, or a new saved file after a run, reloads the peaks;
+  // widget edits redraw the region.
   const poll = setInterval(() => {
     if (!node.graph) return;
-    let source = null;
-    try { source = upstreamAudio(node); } catch { source = null; }
-    if (JSON.stringify(source) !== state.key) { loadPeaks(source); return; }
+    let found;
+    try { found = upstreamAudio(node); } catch { found = NO_AUDIO; }
+    if (JSON.stringify(found) !== state.key) { loadPeaks(found); return; }
     const drawn = `${getA()}|${getB()}|${canvas.clientWidth}|${canvas.clientHeight}`;
     if (drawn !== state.lastDrawn && !state.drag) { state.lastDrawn = drawn; draw(); }
   }, POLL_MS);
