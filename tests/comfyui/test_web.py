@@ -5,15 +5,22 @@
     -> SaveAudio on the tiny checkpoint; the mouse drags across the drawn waveform, the widgets
     must hold the dragged times, the prompt the Run button sends must carry them, and the run
     must succeed;
+  * the picker on a generated song: text2music -> VAEDecodeAudio -> SaveAudio with a repaint of
+    the same latent (through a Reroute): a placeholder until the first run, then the saved
+    song's waveform at its length, redrawn when a later run saves a new one;
+  * an older frontend without node.addDOMWidget (hidden from our modules before they load):
+    no panels, no errors, and the plain widgets still set what the run uses;
   * the lyric editor on TextEncodeAceStepAudio: lyrics with structure and language tags and a
     Chinese and a Japanese line are typed; the highlighted tags, the token count and the
     per-line language / romanized text must equal the Python LyricTokenizer's own output;
   * the HTTP routes behind them (nodes/routes.py), including their refusals.
 
-Screenshots of both widgets go to docs/images/ (lyric_editor.png, region_picker.png).
+Screenshots of both widgets go to docs/images/ (lyric_editor.png, region_picker.png,
+region_picker_decoded.png).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,7 +29,7 @@ import pytest
 import requests
 import soundfile
 
-from .harness import REPO
+from .harness import CHROMIUM_FLAGS, REPO, ComfyPage, find_chromium
 
 SAMPLE_RATE = 44100
 FRAME_SECONDS = 4096 / SAMPLE_RATE     # one latent frame: the finest time step the nodes use
@@ -100,6 +107,10 @@ NODE_RECT_JS = """(id) => {
 WIDGETS_JS = """(id) => Object.fromEntries(window.app.graph.getNodeById(id).widgets
     .filter(w => w.serialize !== false).map(w => [w.name, w.value]))"""
 
+# The names of our panels (DOM widgets) on each of the given nodes.
+OUR_WIDGETS_JS = """(ids) => ids.map(id => window.app.graph.getNodeById(id).widgets
+    .filter(w => w.name.startsWith('acestep_')).map(w => w.name))"""
+
 
 def write_song(path: Path, seconds: float) -> Path:
     """Three seconds of a tone that fades in, so the drawn waveform has a visible shape."""
@@ -118,25 +129,46 @@ def song(comfy_server, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server, tiny_checkpoints, song):
-    """The frontend with the test graph on the canvas (no minimap / fps overlay)."""
+def chromium():
+    """One headless Chromium for the module's pages (a page each: a fresh frontend and storage)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def graph_page(chromium, server, api_prompt: dict, layout: dict, init_script: str = ""):
+    """The frontend with an API-format graph on the canvas (no minimap / fps overlay), laid out
+    by `layout`; `init_script` runs in the page before any of the frontend's scripts."""
     changes = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
-    before = requests.get(comfy_server.url + "/settings", timeout=30).json()
-    requests.post(comfy_server.url + "/settings", json=changes, timeout=30).raise_for_status()
+    before = requests.get(server.url + "/settings", timeout=30).json()
+    requests.post(server.url + "/settings", json=changes, timeout=30).raise_for_status()
+    page = chromium.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
     try:
-        with comfy_server.browser(*SCREEN) as ui:
-            # No 'Try Nodes 2.0' banner over the canvas (read when the page loads).
-            ui.evaluate("() => { localStorage.clear(); localStorage.setItem('vueNodesBannerDismissed', 'true'); }")
-            ui.page.reload()
-            ui.page.wait_for_function("window.app && window.app.graph")
-            count = ui.evaluate(BUILD_JS, [repaint_graph(tiny_checkpoints["comfyui"], song),
-                                           {str(k): list(v) for k, v in LAYOUT.items()}])
-            assert count == len(LAYOUT)
-            yield ui
-            assert ui.page_errors == [], f"errors in the page: {ui.page_errors}"
+        # No 'Try Nodes 2.0' banner over the canvas (read when the page loads).
+        page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');\n" + init_script)
+        ui = ComfyPage(server, page)
+        ui.open()
+        count = ui.evaluate(BUILD_JS, [api_prompt, {str(k): list(v) for k, v in layout.items()}])
+        assert count == len(layout)
+        yield ui
+        assert ui.page_errors == [], f"errors in the page: {ui.page_errors}"
     finally:
+        page.close()
         restore = {key: before.get(key, True) for key in changes}
-        requests.post(comfy_server.url + "/settings", json=restore, timeout=30).raise_for_status()
+        requests.post(server.url + "/settings", json=restore, timeout=30).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def page(chromium, comfy_server, tiny_checkpoints, song):
+    """The frontend with the LoadAudio repaint test graph on the canvas."""
+    with graph_page(chromium, comfy_server, repaint_graph(tiny_checkpoints["comfyui"], song), LAYOUT) as ui:
+        yield ui
 
 
 def wave_selector(mode: str) -> str:
@@ -199,6 +231,8 @@ def test_routes(comfy_server, song):
 def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, page, song):
     ui = page
     wave = wait_for_waveform(ui, "repaint")
+    assert ui.evaluate(OUR_WIDGETS_JS, [TEXT, REPAINT, EXTEND]) == [["acestep_lyrics_preview"], ["acestep_waveform"],
+                                                                    ["acestep_waveform"]]
     assert wave["duration"] == pytest.approx(SONG_SECONDS, abs=1e-3)
     x0, x1 = drag(ui, wave["box"], 0.62, 0.21)  # right to left: the region is still start < end
     box, duration = wave["box"], wave["duration"]
@@ -328,7 +362,203 @@ def test_region_picker_placeholder_without_audio(page):
         ui.page.wait_for_function("""(id) => {
             const n = window.app.graph.getNodeById(id);
             const w = n.widgets.find(w => w.name === 'acestep_waveform');
-            return w && w.element.dataset.state === 'empty';
+            return w && w.element.dataset.state === 'empty' && w.element.dataset.origin === 'none';
         }""", arg=node_id, timeout=30_000)
+        message = ui.evaluate("(id) => window.app.graph.getNodeById(id).widgets"
+                              ".find(w => w.name === 'acestep_waveform').element.dataset.message", node_id)
+        assert message.startswith("No audio: connect LoadAudio"), message
     finally:
         ui.evaluate("(id) => window.app.graph.remove(window.app.graph.getNodeById(id))", node_id)
+
+
+# -- the picker on a generated song: text2music -> decode -> save, and a repaint of its latent ------
+# Node ids of that graph; the repaint's samples come from the text2music sampler through a Reroute.
+(G_CKPT, G_TEXT, G_ZERO, G_EMPTY, G_GENERATE, G_DECODE, G_SAVE, G_REPAINT, G_SAMPLER, G_DECODE2,
+ G_SAVE2) = range(1, 12)
+GENERATED_LAYOUT = {
+    G_REPAINT: (620, 160, 520, 330), G_TEXT: (20, 40, 560, 300), G_CKPT: (20, 400, 300, 100),
+    G_ZERO: (20, 560, 250, 50), G_EMPTY: (340, 400, 250, 80), G_GENERATE: (1200, 40, 300, 270),
+    G_DECODE: (1200, 350, 250, 50), G_SAVE: (1200, 450, 300, 100), G_SAMPLER: (1550, 40, 300, 270),
+    G_DECODE2: (1550, 350, 250, 50), G_SAVE2: (1550, 450, 300, 100),
+}
+GENERATED_SECONDS = (2.0, 3.0)  # the first run's song, then a longer one: the picker must follow
+
+
+def generated_repaint_graph(checkpoint: str, seconds: float) -> dict:
+    nodes = {
+        G_CKPT: ("LoadAceStepCheckpoint", {"ckpt_name": checkpoint, "weight_dtype": "default"}),
+        G_TEXT: ("TextEncodeAceStepAudio", {"clip": link(G_CKPT, 1), "tags": "pop, piano",
+                                            "lyrics": "[verse]\nla la la", "lyrics_strength": 1.0}),
+        G_ZERO: ("ConditioningZeroOut", {"conditioning": link(G_TEXT)}),
+        G_EMPTY: ("EmptyAceStepLatentAudio", {"seconds": seconds, "batch_size": 1}),
+        G_GENERATE: ("KSampler", {"model": link(G_CKPT), "positive": link(G_TEXT), "negative": link(G_ZERO),
+                                  "latent_image": link(G_EMPTY), "seed": 3, "steps": 2, "cfg": 3.0,
+                                  "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}),
+        G_DECODE: ("VAEDecodeAudio", {"samples": link(G_GENERATE), "vae": link(G_CKPT, 2)}),
+        G_SAVE: ("SaveAudio", {"audio": link(G_DECODE), "filename_prefix": "audio/acestep_web_generated"}),
+        G_REPAINT: ("AceStepRepaint", {"samples": link(G_GENERATE), "start_seconds": 0.0, "end_seconds": 1.0,
+                                       "variance": 0.5}),
+        G_SAMPLER: ("KSampler", {"model": link(G_CKPT), "positive": link(G_TEXT), "negative": link(G_ZERO),
+                                 "latent_image": link(G_REPAINT), "seed": 7, "steps": 2, "cfg": 3.0,
+                                 "sampler_name": "euler", "scheduler": "simple", "denoise": 0.5}),
+        G_DECODE2: ("VAEDecodeAudio", {"samples": link(G_SAMPLER), "vae": link(G_CKPT, 2)}),
+        G_SAVE2: ("SaveAudio", {"audio": link(G_DECODE2), "filename_prefix": "audio/acestep_web_repainted"}),
+    }
+    return {str(i): {"class_type": kind, "inputs": inputs} for i, (kind, inputs) in nodes.items()}
+
+
+# A legacy Reroute node between the text2music sampler and the repaint's samples input.
+INSERT_REROUTE_JS = """([source, target]) => {
+    const graph = window.app.graph, reroute = LiteGraph.createNode('Reroute');
+    reroute.pos = [1160, 400];
+    graph.add(reroute);
+    const from = graph.getNodeById(source), to = graph.getNodeById(target);
+    from.connect(0, reroute, 0);
+    reroute.connect(0, to, to.inputs.findIndex(i => i.name === 'samples'));
+    const input = to.inputs.find(i => i.name === 'samples');
+    return graph.links.get ? graph.links.get(input.link).origin_id : graph.links[input.link].origin_id;
+}"""
+
+# Two pickers fed by latent nodes downstream of `source` (a repaint and an extend of it), for a
+# moment: the origin each one settles on, once it has loaded.
+CHAINED_PICKERS_JS = """async (source) => {
+    const graph = window.app.graph, from = graph.getNodeById(source), made = [];
+    const origins = {};
+    for (const kind of ['AceStepRepaint', 'AceStepExtend']) {
+        const between = LiteGraph.createNode(kind), picker = LiteGraph.createNode('AceStepRepaint');
+        graph.add(between); graph.add(picker); made.push(between, picker);
+        from.connect(0, between, between.inputs.findIndex(i => i.name === 'samples'));
+        between.connect(0, picker, picker.inputs.findIndex(i => i.name === 'samples'));
+        const element = picker.widgets.find(w => w.name === 'acestep_waveform').element;
+        const settled = () => element.dataset.origin && element.dataset.state !== 'loading';
+        for (let i = 0; i < 100 && !settled(); i++) await new Promise(r => setTimeout(r, 100));
+        await new Promise(r => setTimeout(r, 600));  // a few more polls: the answer must stay
+        origins[kind] = settled() ? element.dataset.origin : element.dataset.state;
+    }
+    for (const node of made) graph.remove(node);
+    return origins;
+}"""
+
+WAVE_DATA_JS = f"() => ({{...document.querySelector('{wave_selector('repaint')}').dataset}})"
+
+
+def saved_audio(server, entry: dict, node_id: int) -> Path:
+    (item,) = entry["outputs"][str(node_id)]["audio"]
+    return server.base_dir / item["type"] / item["subfolder"] / item["filename"]
+
+
+def test_region_picker_draws_the_decoded_output_of_the_same_latent(chromium, comfy_server, tiny_checkpoints,
+                                                                   artifacts_dir):
+    """text2music -> VAEDecodeAudio -> SaveAudio, and an AceStepRepaint fed (through a Reroute) by
+    the same sampler: a placeholder asks for a run; after it, the picker draws the saved song,
+    dragging sets the widgets, and the next run (a longer song) redraws it at its new length."""
+    first, second = GENERATED_SECONDS
+    graph = generated_repaint_graph(tiny_checkpoints["comfyui"], first)
+    with graph_page(chromium, comfy_server, graph, GENERATED_LAYOUT) as ui:
+        reroute_origin = ui.evaluate(INSERT_REROUTE_JS, [G_GENERATE, G_REPAINT])
+        assert reroute_origin not in (G_GENERATE, G_EMPTY)  # samples now come from the Reroute
+
+        # Before any run: the placeholder names the node whose saved audio will be drawn.
+        ui.page.wait_for_function(f"document.querySelector('{wave_selector('repaint')}')?.dataset.origin"
+                                  " === 'waiting'", timeout=30_000)
+        data = ui.evaluate(WAVE_DATA_JS)
+        assert data["state"] == "empty" and data["message"].startswith("Run the graph once"), data
+        assert f"#{G_SAVE} " in data["message"], data
+        node_screenshot(ui, G_REPAINT, artifacts_dir / "region_picker_before_the_first_run.png")
+
+        entry = comfy_server.wait_for(ui.run(), timeout=600)
+        song = saved_audio(comfy_server, entry, G_SAVE)
+        samples, rate = soundfile.read(str(song), always_2d=True)
+        ui.page.wait_for_function(f"document.querySelector('{wave_selector('repaint')}').dataset.origin"
+                                  " === 'decoded'", timeout=30_000)
+        wave = wait_for_waveform(ui, "repaint")
+        print(f"decoded song {song.name}: {samples.shape[0] / rate:.4f} s, picker {wave['duration']:.4f} s")
+        assert wave["duration"] == pytest.approx(samples.shape[0] / rate, abs=1e-6)
+        assert wave["duration"] == pytest.approx(first, abs=2 * FRAME_SECONDS)
+        data = ui.evaluate(WAVE_DATA_JS)
+        assert song.name in data["src"] and "type=output" in data["src"], data
+        assert requests.get(data["src"], timeout=30).content == song.read_bytes()
+
+        # Further down the same latent (through another latent node) the same song is drawn;
+        # after an AceStepExtend, which changes the length, it is not.
+        origins = ui.evaluate(CHAINED_PICKERS_JS, G_REPAINT)
+        assert origins == {"AceStepRepaint": "decoded", "AceStepExtend": "none"}, origins
+
+        x0, x1 = drag(ui, wave["box"], 0.2, 0.7)
+        box, duration = wave["box"], wave["duration"]
+        expected = sorted((x - box["x"]) / box["width"] * duration for x in (x0, x1))
+        values = ui.evaluate(WIDGETS_JS, G_REPAINT)
+        measured = [values["start_seconds"], values["end_seconds"]]
+        print(f"repaint drag on the decoded song: expected {expected}, widgets {measured}")
+        assert max(abs(m - e) for m, e in zip(measured, expected)) <= FRAME_SECONDS, (measured, expected)
+        node_screenshot(ui, G_REPAINT, DOCS_IMAGES / "region_picker_decoded.png")
+
+        # A new run of a longer song: the picker follows the newly saved file.
+        ui.evaluate(f"""() => {{ const w = window.app.graph.getNodeById({G_EMPTY}).widgets
+            .find(w => w.name === 'seconds'); w.value = {second}; w.callback?.(w.value); }}""")
+        entry = comfy_server.wait_for(ui.run(), timeout=600)
+        queued = entry["prompt"][2][str(G_REPAINT)]["inputs"]
+        assert (queued["start_seconds"], queued["end_seconds"]) == tuple(measured)
+        longer = saved_audio(comfy_server, entry, G_SAVE)
+        assert longer != song
+        ui.page.wait_for_function(f"""(name) => {{ const d = document.querySelector('{wave_selector('repaint')}')
+            .dataset; return d.state === 'ready' && d.src.includes(name); }}""", arg=longer.name, timeout=30_000)
+        samples, rate = soundfile.read(str(longer), always_2d=True)
+        duration = float(ui.evaluate(WAVE_DATA_JS)["duration"])
+        print(f"second run {longer.name}: {samples.shape[0] / rate:.4f} s, picker {duration:.4f} s")
+        assert duration == pytest.approx(samples.shape[0] / rate, abs=1e-6)
+        assert duration == pytest.approx(second, abs=2 * FRAME_SECONDS)
+        assert saved_audio(comfy_server, entry, G_SAVE2).is_file()
+
+
+# -- an older frontend: the APIs the extensions use are missing -------------------------------------
+# Both extensions add their panels with node.addDOMWidget (and feature-check it). The frontend's
+# own multiline text box is built with it too, so deleting it outright would break the plain
+# widgets themselves, which an older frontend draws its own way. Instead the method is hidden from
+# our extension modules only (the getter looks at who asks), the way an older frontend lacks it.
+HIDE_DOM_WIDGET_API = r"""(() => {
+    const fromOurExtension = () => /\/extensions\/comfyui-acestep\//.test(new Error().stack);
+    window.__acestepApiRefusals = 0;
+    let nodeClass;
+    Object.defineProperty(window, 'LGraphNode', {configurable: true, get: () => nodeClass, set(value) {
+        nodeClass = value;
+        let method = value.prototype.addDOMWidget;  // assigned before or after this class is exposed
+        Object.defineProperty(value.prototype, 'addDOMWidget', {configurable: true,
+            get() { if (fromOurExtension()) { window.__acestepApiRefusals++; return undefined; } return method; },
+            set(f) { method = f; }});
+    }});
+})()"""
+
+
+def test_without_the_dom_widget_api_the_plain_widgets_still_work(chromium, comfy_server, tiny_checkpoints, song):
+    graph = repaint_graph(tiny_checkpoints["comfyui"], song)
+    with graph_page(chromium, comfy_server, graph, LAYOUT, init_script=HIDE_DOM_WIDGET_API) as ui:
+        ui.page.wait_for_timeout(1500)  # a few polls of the panels, were they attached
+        refusals = ui.evaluate("() => window.__acestepApiRefusals")
+        assert refusals >= 3, refusals  # our code asked on TEXT, REPAINT and EXTEND and got nothing
+        assert ui.evaluate(OUR_WIDGETS_JS, [TEXT, REPAINT, EXTEND]) == [[], [], []]
+        assert ui.evaluate("() => document.querySelectorAll('.acestep-wave, .acestep-lyrics').length") == 0
+
+        # The plain widgets: the lyrics text box (typed into) and the seconds widgets.
+        ui.evaluate(f"""() => {{ window.app.graph.getNodeById({TEXT}).widgets
+            .find(w => w.name === 'lyrics').inputEl.id = 'acestep-test-lyrics'; }}""")
+        box = ui.page.locator("#acestep-test-lyrics")
+        box.click()
+        box.press("Control+A")
+        box.press("Delete")
+        lyrics = "[verse]\nplain text box"
+        box.type(lyrics, delay=2)
+        edits = {REPAINT: {"start_seconds": 0.5, "end_seconds": 2.25}, EXTEND: {"right_seconds": 1.5}}
+        for node_id, values in edits.items():
+            for name, value in values.items():
+                ui.evaluate(f"""() => {{ const w = window.app.graph.getNodeById({node_id}).widgets
+                    .find(w => w.name === '{name}'); w.value = {value}; w.callback?.(w.value); }}""")
+
+        entry = comfy_server.wait_for(ui.run(), timeout=600)
+        queued = entry["prompt"][2]
+        assert queued[str(TEXT)]["inputs"]["lyrics"] == lyrics
+        for node_id, values in edits.items():
+            assert {k: queued[str(node_id)]["inputs"][k] for k in values} == values
+        assert [p for p in comfy_server.output_files(entry) if p.suffix == ".flac"], entry["outputs"]
+        ours = [m for m in ui.console_errors if "acestep" in m.lower()]
+        assert ours == [], ours
