@@ -415,3 +415,30 @@ def test_bf16_close_to_fp32():
     err = rel_err(out, ref)
     print(f"\nbf16 vs fp32 (ours): rel max|diff| = {err:.2e}")
     assert err < 5e-2
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_feed_forward_blocks_equal_the_reference_convolutions(monkeypatch, dtype, tolerance):
+    """The feed-forward (1x1 convs as matrix products, the depthwise conv as shifted multiply-adds
+    on blocks of channels) against ComfyUI's GLUMBConv on the same weights, with one channel block
+    and with several (the last one partial)."""
+    from comfy.ldm.ace.attention import GLUMBConv
+
+    from acestep_core.models import transformer
+    torch.manual_seed(0)
+    ours = transformer.GLUConvFeedForward(64, 160, dtype=dtype)
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    theirs = GLUMBConv(64, 160, use_bias=(True, True, False), act=("silu", "silu", None), dtype=dtype,
+                       operations=comfy.ops.disable_weight_init)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 37, 64).to(dtype)
+    expected = theirs(x).float()
+    one_block = ours(x).float()
+    monkeypatch.setattr(transformer, "FF_MIN_BLOCK_CHANNELS", 48)
+    monkeypatch.setattr(transformer, "FF_BLOCK_ELEMENTS_CPU", 1)
+    four_blocks = ours(x).float()
+    scale = expected.abs().max().item()
+    errors = [(out - expected).abs().max().item() / scale for out in (one_block, four_blocks)]
+    print(f"\nfeed-forward {dtype}, relative max|delta| vs ComfyUI: one block {errors[0]:.2e}, four {errors[1]:.2e}")
+    assert max(errors) <= tolerance

@@ -36,6 +36,13 @@ TIMESTEP_CHANNELS = 256
 RMS_EPS = 1e-6
 PATCH_HIDDEN_PER_CHANNEL = 256  # the patch conv widens in_channels to in_channels * 256
 PATCH_NORM_GROUPS = 32
+# Channel blocks of the feed-forward's depthwise conv: about this many elements per block, and
+# never fewer channels than FF_MIN_BLOCK_CHANNELS. Small on the CPU (2 MiB float32 temporaries,
+# cache-sized); on a GPU large enough that a 30 s song takes one block (kernel launches cost more
+# there) while a 4 min one is split instead of holding float32 copies of the widest tensor.
+FF_BLOCK_ELEMENTS_CPU = 1 << 19
+FF_BLOCK_ELEMENTS_GPU = 1 << 23
+FF_MIN_BLOCK_CHANNELS = 256
 
 
 def timestep_sinusoid(t: torch.Tensor, channels: int = TIMESTEP_CHANNELS, max_period: float = 10000.0) -> torch.Tensor:
@@ -64,8 +71,11 @@ class GLUConvFeedForward(nn.Module):
     """Sana's GLUMBConv over the time axis: 1x1 conv -> SiLU -> depthwise conv (k=3) ->
     value * SiLU(gate) -> 1x1 conv. The depthwise conv mixes neighbouring frames.
 
-    The 1x1 convs are applied as Linear layers on [B, T, C] (same weights, viewed without the
-    kernel axis), which avoids transposing the wide activations twice.
+    Works on [B, T, channels] throughout: the 1x1 convs are plain matrix products on the rows, and
+    the depthwise conv is three shifted multiply-adds along T, in float32 (so bf16 models do not
+    round between the taps). That part runs on blocks of channels written straight into the
+    half-width gated result, so the only full-width tensor is the expanded activation itself (a
+    CPU depthwise conv would also copy it twice into a blocked layout).
     """
 
     def __init__(self, dim: int, hidden: int, device=None, dtype=None):
@@ -80,10 +90,30 @@ class GLUConvFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inverted, depth, point = self.inverted_conv["conv"], self.depth_conv["conv"], self.point_conv["conv"]
         h = F.silu(F.linear(x, inverted.weight.squeeze(-1), inverted.bias), inplace=True)  # [B, T, 2H]
-        h = F.conv1d(h.transpose(1, 2), depth.weight, depth.bias, padding=1, groups=depth.groups)  # [B, 2H, T]
-        value, gate = h.chunk(2, dim=1)
-        h = value * F.silu(gate)                                                             # [B, H, T]
-        return F.linear(h.transpose(1, 2), point.weight.squeeze(-1))                          # [B, T, C]
+        batch, frames, width = h.shape
+        hidden = width // 2
+        taps = depth.weight.squeeze(1).float().t()       # [3, 2H]: taps for t-1, t, t+1
+        bias = depth.bias.float()
+        gated = h.new_empty(batch, frames, hidden)
+        budget = FF_BLOCK_ELEMENTS_CPU if h.device.type == "cpu" else FF_BLOCK_ELEMENTS_GPU
+        block = max(FF_MIN_BLOCK_CHANNELS, budget // (batch * frames))
+        for start in range(0, hidden, block):
+            stop = min(start + block, hidden)
+            value, gate = (_depthwise3(h[..., c], taps[:, c], bias[c])
+                           for c in (slice(start, stop), slice(hidden + start, hidden + stop)))
+            gated[..., start:stop] = value.mul_(F.silu(gate, inplace=True))
+            del value, gate     # before the next block's are made
+        del h
+        return F.linear(gated, point.weight.squeeze(-1))                                   # [B, T, C]
+
+
+def _depthwise3(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depthwise conv along T, kernel 3, zero padding 1, in float32: x [B, T, C], taps [3, C],
+    bias [C]. y[t] = taps0 x[t-1] + taps1 x[t] + taps2 x[t+1] + bias"""
+    y = torch.addcmul(bias, x, taps[1])
+    y[:, 1:].addcmul_(x[:, :-1], taps[0])
+    y[:, :-1].addcmul_(x[:, 1:], taps[2])
+    return y
 
 
 class TransformerBlock(nn.Module):
@@ -123,8 +153,15 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         patchify, norm, project = self.early_conv_layers
-        h = norm(patchify(x)).flatten(2).transpose(1, 2)               # [B, S, hidden]
-        return F.linear(h, project.weight.flatten(1), project.bias)  # the 1x1 conv, on [B, S, .]
+        (ph, pw), hidden = patchify.stride, patchify.out_channels
+        # The patch conv (kernel = stride) as a matrix product on the patches laid out as rows in
+        # the weight's (channel, row, column) order: a CPU bf16 convolution with this kernel
+        # allocates a scratch buffer a hundred times the size of its output.
+        patches = x.unfold(2, ph, ph).unfold(3, pw, pw)                       # [B, C, H/ph, W/pw, ph, pw]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)  # [B, S, C * ph * pw]
+        h = F.linear(patches, patchify.weight.reshape(hidden, -1), patchify.bias)  # [B, S, hidden]
+        h = norm(h.transpose(1, 2)).transpose(1, 2)                           # GroupNorm wants channels first
+        return F.linear(h, project.weight.flatten(1), project.bias)         # the 1x1 conv, on [B, S, .]
 
 
 class FinalLayer(nn.Module):
