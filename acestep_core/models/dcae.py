@@ -43,9 +43,13 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:   # one fused kernel there; the general path below trades that for memory
+            return F.rms_norm(x, x.shape[-1:], self.weight.to(x.dtype), self.eps).add_(self.bias.to(x.dtype))
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return normed * self.weight.to(x.dtype) + self.bias.to(x.dtype)
+        # normed is a fresh tensor, so the affine part can update it in place (these maps are the
+        # decoder's largest; one temporary fewer lowers its peak)
+        return normed.mul_(self.weight.to(x.dtype)).add_(self.bias.to(x.dtype))
 
 
 def channel_rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +69,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv2(F.silu(self.conv1(x)))
-        return x + channel_rms_norm(self.norm, h)
+        return channel_rms_norm(self.norm, h).add_(x)
 
 
 class MultiscaleProjection(nn.Module):
@@ -218,8 +222,9 @@ class UpBlock(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2)
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest")) + shortcut
+        # The conv first, so its 4x larger upsampled input is freed before the shortcut exists.
+        out = self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return out.add_(F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2))
 
 
 def _make_block(kind: str, channels: int, head_dim: int, kernel_sizes: tuple, device, dtype) -> nn.Module:
@@ -363,6 +368,10 @@ class Decoder(nn.Module):
 
     def local_part(self, x: torch.Tensor) -> torch.Tensor:
         """deepest-stage features [B, C, 16, T] -> normalised mel [B, 2, 128, 8 T]."""
+        # Channels-last: the convolution kernels work on it natively (NCHW costs each conv a
+        # blocked-layout copy of its input and output, the largest tensors of the decode) and
+        # the channel RMSNorms read it without a transpose.
+        x = x.contiguous(memory_format=torch.channels_last)
         for stage in reversed(self.up_blocks[:-1]):
             x = stage(x)
         return self.conv_out(F.relu(channel_rms_norm(self.norm_out, x)))
