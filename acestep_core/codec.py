@@ -37,12 +37,33 @@ from .constants import LATENT_SCALE, LATENT_SHIFT, MEL_MAX, MEL_MIN
 
 ProgressFn = Callable[[int, int], None]
 
-# ~29.7 s windows: a 240 s decode then peaks at 1.09 GiB of float32 activations against 0.88 GiB
-# for a one-piece 30 s decode (7.0 GiB one-piece), counted at the released sizes.
-DEFAULT_CHUNK_FRAMES = 320
-DEFAULT_OVERLAP_FRAMES = 64    # ~5.9 s shared by adjacent windows
-LATENT_PIECE_FRAMES = 128      # piece size of the whole-song latent-resolution pass
+# Peak activation memory of a one-piece decode per latent frame at the released sizes in float32:
+# 1.96 MiB measured on the CPU for a 30 s decode (benchmarks/bench_core.py), rounded up for the
+# kernels' workspaces. Windows are sized from it and a memory budget.
+DECODE_BYTES_PER_FRAME = 5 << 19      # 2.5 MiB
+CPU_WINDOW_BUDGET = 4 << 30           # a CPU decode's activations: 240 s fits in two windows
+CUDA_FREE_MEMORY_SHARE = 0.5          # a CUDA decode's window may use this share of free memory
+DEFAULT_OVERLAP_FRAMES = 64           # ~5.9 s shared by adjacent windows
+LATENT_PIECE_FRAMES = 128             # piece size of the whole-song latent-resolution pass
 _DEFAULT = object()            # "use the default" (None means "no windowing")
+
+
+def window_frames_for_budget(budget_bytes: float, dtype: torch.dtype = torch.float32,
+                             overlap: int = DEFAULT_OVERLAP_FRAMES) -> int:
+    """The longest window (latent frames) whose decode activations fit in `budget_bytes`; never
+    shorter than two overlaps, the least a window can be."""
+    per_frame = DECODE_BYTES_PER_FRAME * torch.finfo(dtype).bits / 32
+    return max(2 * overlap, int(budget_bytes // per_frame))
+
+
+def default_window_frames(device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+    """Window for a decode on `device`: a share of the free memory on CUDA (songs of any usual
+    length then decode in one piece, which is fastest), a fixed budget elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return window_frames_for_budget(free * CUDA_FREE_MEMORY_SHARE, dtype)
+    return window_frames_for_budget(CPU_WINDOW_BUDGET, dtype)
 
 
 def plan_windows(total: int, chunk: int | None, overlap: int) -> list[tuple[int, int]]:
@@ -105,16 +126,17 @@ class AudioCodec(nn.Module):
                overlap_frames: int = DEFAULT_OVERLAP_FRAMES, on_progress: ProgressFn | None = None) -> torch.Tensor:
         """latent [B, 8, 16, T] -> waveform [B, 2, T * 4096], float32, on the latent's device.
 
-        chunk_frames: window length in latent frames (default 320); None decodes in one piece.
+        chunk_frames: window length in latent frames (default: default_window_frames); None
+        decodes in one piece.
         on_progress(done, total) is called after every window of every item; an exception raised
         there (e.g. an interrupt) stops the decode and propagates."""
         if latent.ndim != 4 or latent.shape[-1] == 0:
             raise ValueError(f"expected a latent [B, 8, 16, T >= 1], got shape {tuple(latent.shape)}")
-        chunk = DEFAULT_CHUNK_FRAMES if chunk_frames is _DEFAULT else chunk_frames
+        decoder, dtype = self.dcae.decoder, self.dcae.dtype
+        chunk = default_window_frames(self.device, dtype) if chunk_frames is _DEFAULT else chunk_frames
         batch, frames = latent.shape[0], latent.shape[-1]
         windows = plan_windows(frames, chunk, overlap_frames)
         seams = _seams(windows, overlap_frames // 4, self.frame_samples)
-        decoder, dtype = self.dcae.decoder, self.dcae.dtype
         total, done = batch * len(windows), 0
         out = torch.zeros(batch, self.channels, frames * self.frame_samples, device=self.device)
         for b in range(batch):
@@ -166,7 +188,7 @@ class AudioCodec(nn.Module):
         [B, 8, 16, ceil(S / 4096)], float32, on the waveform's device. Windowing as in decode."""
         if waveform.ndim != 3 or waveform.shape[1] not in (1, self.channels):
             raise ValueError(f"expected a waveform [B, {self.channels}, samples], got shape {tuple(waveform.shape)}")
-        chunk = DEFAULT_CHUNK_FRAMES if chunk_frames is _DEFAULT else chunk_frames
+        chunk = default_window_frames(self.device, self.dcae.dtype) if chunk_frames is _DEFAULT else chunk_frames
         wave = waveform.to(self.device).float()
         if wave.shape[1] != self.channels:
             wave = wave.expand(-1, self.channels, -1)

@@ -44,7 +44,7 @@ import comfy.sd
 import comfy.supported_models_base
 import comfy.utils
 
-from acestep_core.codec import DEFAULT_CHUNK_FRAMES, DEFAULT_OVERLAP_FRAMES
+from acestep_core.codec import CPU_WINDOW_BUDGET, DEFAULT_OVERLAP_FRAMES, window_frames_for_budget
 from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLES_PER_FRAME
 
 log = logging.getLogger("comfyui-acestep")
@@ -480,15 +480,16 @@ class AceStepVAE(comfy.sd.VAE):
       encode(audio [B, S, C] at 44.1 kHz) -> latent [B, 8, 16, ceil(S / 4096)]
       decode(latent [B, 8, 16, T])        -> audio [B, T * 4096, 2]
 
-    Decoding runs in overlapping chunks of latent frames (the codec's), so memory does not grow
-    with the song's length, and reports progress / honours Cancel between chunks."""
+    Long songs are decoded in overlapping windows of latent frames (the codec's), as long as
+    the memory free on the VAE device allows (usually the whole song in one piece on a GPU),
+    with progress / Cancel between windows."""
 
     def __init__(self, codec, dtype: torch.dtype | None = None):
         self.codec = codec
         self.first_stage_model = _CodecModules(codec.dcae, codec.vocoder).eval()
-        # Decode / encode window in latent frames (None: one piece) and the frames shared by
-        # adjacent windows; the codec's defaults keep peak memory at that of a ~30 s clip.
-        self.chunk_frames = DEFAULT_CHUNK_FRAMES
+        # Decode / encode window in latent frames (None: the longest that fits in the memory
+        # free on the VAE device at each call) and the frames shared by adjacent windows.
+        self.window_frames: int | None = None
         self.overlap_frames = DEFAULT_OVERLAP_FRAMES
         self.latent_channels = LATENT_CHANNELS
         self.latent_dim = 2
@@ -506,11 +507,12 @@ class AceStepVAE(comfy.sd.VAE):
         self.crop_input = False       # we pad to whole latent frames instead of cropping
         self.size = None
         # Working-memory estimates: ComfyUI's figures for ACE-Step's codec (encode: per audio
-        # sample; decode: per latent cell), the decode one applied to one chunk at a time.
+        # sample; decode: per latent cell), for at most a CPU-budget window: what ComfyUI frees
+        # before the call. The window itself is then sized from what is actually free.
         self.memory_used_encode = lambda shape, dtype: (
-            min(shape[-1], self._window_frames() * SAMPLES_PER_FRAME) * 330 * mm.dtype_size(dtype))
+            min(shape[-1], self._request_frames(dtype) * SAMPLES_PER_FRAME) * 330 * mm.dtype_size(dtype))
         self.memory_used_decode = lambda shape, dtype: (
-            LATENT_HEIGHT * min(shape[-1], self._window_frames()) * 87000 * mm.dtype_size(dtype))
+            LATENT_HEIGHT * min(shape[-1], self._request_frames(dtype)) * 87000 * mm.dtype_size(dtype))
         self.device = mm.vae_device()
         self.vae_dtype = dtype or module_dtype(codec.dcae)
         self.output_device = mm.intermediate_device()
@@ -519,9 +521,15 @@ class AceStepVAE(comfy.sd.VAE):
         self.model_size()
 
     # ---- sizes -------------------------------------------------------------------------------
-    def _window_frames(self) -> int:
-        """Latent frames processed at once, for the memory estimates."""
-        return self.chunk_frames if self.chunk_frames is not None else 1 << 30
+    def _request_frames(self, dtype) -> int:
+        return self.window_frames or window_frames_for_budget(CPU_WINDOW_BUDGET, dtype, self.overlap_frames)
+
+    def _window(self) -> int:
+        """Latent frames processed at once: as set, else what the free memory allows."""
+        if self.window_frames:
+            return self.window_frames
+        free = mm.get_free_memory(self.device)
+        return window_frames_for_budget(free * 0.8, self.vae_dtype, self.overlap_frames)
 
     def _load(self, memory_required: float):
         mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
@@ -531,7 +539,7 @@ class AceStepVAE(comfy.sd.VAE):
         latent = _check_latent(samples_in)
         self._load(self.memory_used_decode(latent.shape, self.vae_dtype))
         return self._per_item(latent, lambda one, on_progress: self.codec.decode(
-            one, chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames,
+            one, chunk_frames=self._window(), overlap_frames=self.overlap_frames,
             on_progress=on_progress).movedim(1, -1))                       # [1, S, 2]
 
     def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
@@ -542,7 +550,7 @@ class AceStepVAE(comfy.sd.VAE):
         audio = _check_audio(pixel_samples)                                 # [B, 2, S], S % 4096 == 0
         self._load(self.memory_used_encode(audio.shape, self.vae_dtype))
         return self._per_item(audio, lambda one, on_progress: self.codec.encode(
-            one, chunk_frames=self.chunk_frames, overlap_frames=self.overlap_frames,
+            one, chunk_frames=self._window(), overlap_frames=self.overlap_frames,
             on_progress=on_progress))                                      # [1, 8, 16, T]
 
     def _per_item(self, batch_in: torch.Tensor, run) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from acestep_core.codec import DEFAULT_CHUNK_FRAMES, DEFAULT_OVERLAP_FRAMES, AudioCodec, plan_windows
+from acestep_core.codec import (CPU_WINDOW_BUDGET, DECODE_BYTES_PER_FRAME, DEFAULT_OVERLAP_FRAMES, AudioCodec,
+                                default_window_frames, plan_windows, window_frames_for_budget)
 from acestep_core.config import ConfigError, DCAEConfig, VocoderConfig
 from acestep_core.constants import LATENT_CHANNELS, LATENT_HEIGHT, SAMPLES_PER_FRAME
 from acestep_core.models.dcae import DCAE, infer_dcae_config
@@ -424,20 +425,27 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def test_default_windows_keep_long_decodes_at_30_second_memory():
-    """Released sizes on the meta device: with the default windows, an 89 s decode needs about
-    the activation memory of a one-piece 30 s decode (a one-piece decode grows with length)."""
+def test_default_windows_bound_long_decodes_by_the_budget():
+    """Released sizes on the meta device (float32): a 30 s song decodes in one piece by default, a
+    240 s one in windows whose live activations stay inside the CPU budget, which a one-piece
+    240 s decode would exceed; and the per-frame figure the windows are sized from is an upper
+    bound of the one-piece decode's."""
     with torch.device("meta"):
         codec = AudioCodec(DCAE(DCAEConfig.released()), Vocoder(VocoderConfig.released()))
+    window = default_window_frames(torch.device("meta"))
+    assert window == window_frames_for_budget(CPU_WINDOW_BUDGET) == CPU_WINDOW_BUDGET // DECODE_BYTES_PER_FRAME
+    assert plan_windows(323, window, DEFAULT_OVERLAP_FRAMES) == [(0, 323)]
+    assert len(plan_windows(2583, window, DEFAULT_OVERLAP_FRAMES)) == 2
+    assert window_frames_for_budget(CPU_WINDOW_BUDGET, torch.bfloat16) == 2 * window
     peaks = {}
-    for frames, chunk in ((323, None), (960, None), (960, DEFAULT_CHUNK_FRAMES)):
+    for frames, chunk in ((323, None), (2583, None), (2583, window)):
         with _LiveTensorBytes() as meter:
             codec.decode(torch.zeros(1, 8, 16, frames, device="meta"), chunk_frames=chunk)
         peaks[frames, chunk] = meter.peak
         print(f"decode {frames} frames ({frames * SAMPLES_PER_FRAME / 44100:.0f} s), chunk_frames={chunk}: "
               f"peak live activations {meter.peak / 2 ** 30:.2f} GiB (float32)")
-    assert peaks[960, DEFAULT_CHUNK_FRAMES] <= 1.2 * peaks[323, None]
-    assert peaks[960, None] > 2.5 * peaks[323, None]
+    assert peaks[323, None] <= 323 * DECODE_BYTES_PER_FRAME
+    assert peaks[2583, window] <= CPU_WINDOW_BUDGET < peaks[2583, None]
 
 
 def test_progress_callback_exception_propagates(window_codec):

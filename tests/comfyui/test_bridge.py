@@ -560,12 +560,12 @@ def test_vae_decode_is_chunked_and_seamless(loaded):
     updates = []
     hook = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
-    saved = vae.chunk_frames, vae.overlap_frames
-    vae.chunk_frames, vae.overlap_frames = 32, 16           # 4 windows for 70 frames
+    saved = vae.window_frames, vae.overlap_frames
+    vae.window_frames, vae.overlap_frames = 32, 16          # 4 windows for 70 frames
     try:
         wav = vae.decode(latent)
     finally:
-        vae.chunk_frames, vae.overlap_frames = saved
+        vae.window_frames, vae.overlap_frames = saved
         comfy.utils.set_progress_bar_global_hook(hook)
     assert wav.shape == (1, frames * 4096, 2) and torch.isfinite(wav).all()
     with torch.no_grad():
@@ -575,6 +575,32 @@ def test_vae_decode_is_chunked_and_seamless(loaded):
           f"max|audio| = {whole.abs().max().item():.3f}")
     assert delta <= 1e-4 * max(1.0, whole.abs().max().item())
     assert [u for u in updates] == [(k, 4) for k in range(1, 5)]
+
+
+def test_vae_window_follows_the_free_memory(loaded, monkeypatch):
+    """With no window set, the VAE decodes a song in one piece when the device's free memory
+    allows, and in windows when it does not (the progress bar counts the windows)."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    from acestep_core.codec import DECODE_BYTES_PER_FRAME
+    _, _, vae = loaded
+    assert vae.window_frames is None
+    latent = torch.randn(1, 8, 16, 200, generator=torch.Generator().manual_seed(3))
+    bytes_per_frame = DECODE_BYTES_PER_FRAME * torch.finfo(vae.vae_dtype).bits / 32
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    windows = {}
+    try:
+        for free_frames in (100_000, 150):
+            updates = []
+            comfy.utils.set_progress_bar_global_hook(
+                lambda value, total, preview, node_id=None: updates.append((value, total)))
+            monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: free_frames * bytes_per_frame / 0.8)
+            vae.decode(latent)
+            windows[free_frames] = updates[-1][1]
+    finally:
+        comfy.utils.set_progress_bar_global_hook(hook)
+    assert windows == {100_000: 1, 150: 2}
 
 
 def test_vae_decode_can_be_cancelled(loaded):
