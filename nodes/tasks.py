@@ -97,6 +97,11 @@ def _output_latent(samples: dict, latent: torch.Tensor, mask: torch.Tensor, task
     return out
 
 
+# The input of the nodes that start a task from a song (repaint, extend).
+SOURCE_SAMPLES_INPUT = ("LATENT", {"tooltip": "The source song's latent (VAEEncodeAudio with the ACE-Step VAE, "
+                                              "or a generated latent)."})
+
+
 # ---------------------------------------------------------------------------------------------
 # Repaint
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +114,7 @@ class AceStepRepaint:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "samples": ("LATENT", {"tooltip": "The source song's latent (VAEEncodeAudio with the ACE-Step VAE, "
-                                                  "or a generated latent)."}),
+                "samples": SOURCE_SAMPLES_INPUT,
                 "start_seconds": ("FLOAT", {
                     "default": 0.0, "min": -10000.0, "max": 10000.0, "step": 0.01,
                     "tooltip": "Start of the part to regenerate, in seconds from the beginning of the song "
@@ -163,8 +167,7 @@ class AceStepExtend:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "samples": ("LATENT", {"tooltip": "The source song's latent (VAEEncodeAudio with the ACE-Step VAE, "
-                                                  "or a generated latent)."}),
+                "samples": SOURCE_SAMPLES_INPUT,
                 "left_seconds": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.1,
                     "tooltip": "Seconds of new music before the song (counted like a duration: "
