@@ -129,7 +129,10 @@ def _stub_unused_modules() -> None:
 
 def _pipeline_functions(source: Path) -> dict:
     """SUPPORT_LANGUAGES, structure_pattern, get_lang and tokenize_lyrics from the original's
-    pipeline file, executed on their own (the file's other imports are not needed for them)."""
+    pipeline file, on their own (the file's other imports are not needed for them): the four
+    definitions are written as a small module into the throw-away copy ``source`` and imported."""
+    import importlib.util
+
     path = source / "acestep" / "pipeline_ace_step.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     wanted = []
@@ -140,10 +143,14 @@ def _pipeline_functions(source: Path) -> dict:
         if isinstance(node, ast.ClassDef) and node.name == "ACEStepPipeline":
             wanted += [f for f in node.body if isinstance(f, ast.FunctionDef)
                        and f.name in ("get_lang", "tokenize_lyrics")]
-    module = ast.Module(body=wanted, type_ignores=[])
-    logger = types.SimpleNamespace(info=lambda *a, **k: None)
-    namespace = {"re": __import__("re"), "logger": logger}
-    exec(compile(module, str(path), "exec"), namespace)
+    header = ("import re\nimport types\n"
+              "logger = types.SimpleNamespace(info=lambda *a, **k: None)  # tokenize_lyrics logs in debug only\n")
+    extracted = source / "_ace_step_lyric_functions.py"
+    extracted.write_text(header + ast.unparse(ast.Module(body=wanted, type_ignores=[])) + "\n", encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("_ace_step_lyric_functions", extracted)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    namespace = vars(module)
     assert {"SUPPORT_LANGUAGES", "structure_pattern", "get_lang", "tokenize_lyrics"} <= set(namespace)
     return namespace
 
