@@ -20,7 +20,7 @@ running the script again gives the same files.
     python scripts/make_workflows.py --only text2music --out /tmp/wf
 
 Needs the environment of scripts/setup_env.sh (ComfyUI, playwright, Chromium); the test-suite
-harness (tests/comfyui/harness.py) starts the server and the browser.
+harness (scripts/comfyui_harness.py, shared with the tests) starts the server and the browser.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO / "workflows"
-sys.path.insert(0, str(REPO / "tests" / "comfyui"))
-import harness  # noqa: E402  (tests/comfyui/harness.py: ComfyServer, ComfyPage)
+sys.path.insert(0, str(REPO / "scripts"))
+import comfyui_harness as harness  # noqa: E402  (scripts/comfyui_harness.py: ComfyServer, ComfyPage)
 
 REAL_CHECKPOINT = "ace_step_v1_3.5b.safetensors"
 REAL_CHECKPOINT_URL = ("https://huggingface.co/Comfy-Org/ACE-Step_ComfyUI_repackaged/resolve/main/"

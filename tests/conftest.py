@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ENV = Path(os.environ.get("ACESTEP_ENV_DIR", Path.home() / ".cache" / "comfyui-acestep" / "env"))
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", DEFAULT_ENV / "ComfyUI"))
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):   # scripts/: comfyui_harness, shared with the scripts
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def _add_comfyui_to_path():
@@ -50,3 +51,4 @@ def _deterministic():
     import torch
     torch.manual_seed(0)
     yield
+

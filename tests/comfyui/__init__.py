@@ -1,1 +1,1 @@
-"""Tests that run the real ComfyUI server with this pack (see harness.py)."""
+"""Tests that run the real ComfyUI server with this pack (see scripts/comfyui_harness.py)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPO, ComfyServer, make_tiny_checkpoint
+from comfyui_harness import REPO, ComfyServer, make_tiny_checkpoint
 
 TINY_SINGLE_FILE = "acestep_tiny_RANDOM_WEIGHTS_demo.safetensors"
 TINY_FOLDERS = "acestep_tiny_RANDOM_WEIGHTS_folders"

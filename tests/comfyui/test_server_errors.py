@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .harness import ComfyServer, WorkflowError
+from comfyui_harness import ComfyServer, WorkflowError
 from .test_workflows import (SAMPLE_RATE, SAMPLES_PER_FRAME, audio_outputs, check_song, latent_frames,
                              write_test_song)
 

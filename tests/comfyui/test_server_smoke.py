@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from .harness import PACK_NAME, ComfyServer, ServerError
+from comfyui_harness import PACK_NAME, ComfyServer, ServerError
 
 
 def test_pack_imports_cleanly(comfy_server):

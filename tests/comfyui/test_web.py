@@ -29,7 +29,7 @@ import pytest
 import requests
 import soundfile
 
-from .harness import CHROMIUM_FLAGS, REPO, ComfyPage, find_chromium
+from comfyui_harness import CHROMIUM_FLAGS, REPO, ComfyPage, find_chromium
 
 SAMPLE_RATE = 44100
 FRAME_SECONDS = 4096 / SAMPLE_RATE     # one latent frame: the finest time step the nodes use

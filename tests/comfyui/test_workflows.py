@@ -35,13 +35,13 @@ import pytest
 import requests
 import soundfile
 
-from .harness import REPO, ComfyServer
+from comfyui_harness import REPO, ComfyServer
 
 SAMPLE_RATE = 44100
 SAMPLES_PER_FRAME = 4096          # one latent frame of the music DCAE + vocoder: 8 * 512 samples
 WORKFLOWS_DIR = REPO / "workflows"
 DOCS_IMAGES = REPO / "docs" / "images"
-PACK_FOLDER = "comfyui-acestep"   # the pack's folder name in custom_nodes/ (harness.PACK_NAME)
+PACK_FOLDER = "comfyui-acestep"   # the pack's folder name in custom_nodes/ (comfyui_harness.PACK_NAME)
 SCREEN = (1600, 900)
 
 # How far the runs are shrunk. The canvas runs take one step more than the API runs so that

@@ -14,9 +14,12 @@ Library use::
 
 Command line::
 
-    python tests/comfyui/harness.py serve  [--checkpoint PATH ...]      # until Ctrl-C
-    python tests/comfyui/harness.py run-api PROMPT_API.json [--checkpoint PATH ...]
-    python tests/comfyui/harness.py run-ui  WORKFLOW.json [--screenshot out.png] [...]
+    python scripts/comfyui_harness.py serve  [--checkpoint PATH ...]      # until Ctrl-C
+    python scripts/comfyui_harness.py run-api PROMPT_API.json [--checkpoint PATH ...]
+    python scripts/comfyui_harness.py run-ui  WORKFLOW.json [--screenshot out.png] [...]
+
+The one home of this code: scripts/make_workflows.py and the tests (tests/comfyui/) both import
+it (tests/conftest.py puts scripts/ on sys.path).
 
 Only 127.0.0.1 is ever contacted: the browser aborts every request for any other host.
 Needs `requests`; the browser parts also need `playwright` and a Chromium (Debian's chromium,
@@ -40,7 +43,7 @@ from typing import Callable, Iterable, Iterator
 
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-acestep"  # the folder name the pack gets under custom_nodes/
 DEFAULT_ENV = Path(os.environ.get("ACESTEP_ENV_DIR", Path.home() / ".cache" / "comfyui-acestep" / "env"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
