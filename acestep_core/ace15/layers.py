@@ -1,0 +1,181 @@
+"""Building blocks shared by every ACE-Step 1.5 transformer: the Qwen3-style attention (per-head
+RMSNorm on queries and keys, rotary positions, grouped KV heads, optional bidirectional sliding
+window), the SwiGLU MLP and the pre-norm encoder layer used by the lyric / timbre encoders, the
+tokenizer's attention pooler and the detokenizer.
+
+Reference: ComfyUI 0.20.1 ``comfy/ldm/ace/ace_step15.py`` (``RotaryEmbedding``, ``apply_rotary_pos_emb``,
+``MLP``, ``AceStepAttention``, ``AceStepEncoderLayer``); the official model is
+``acestep/models/*/modeling_acestep_v15_*.py`` (Qwen3 attention from ``transformers``).
+Module and parameter names equal the released checkpoints' keys.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops as ops_module
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding ("rotate half", as Qwen3 / HF Llama)
+# ---------------------------------------------------------------------------------------------
+def rotary_cos_sin(length: int, head_dim: int, theta: float, like: torch.Tensor):
+    """``(cos, sin)`` of shape ``[length, head_dim]`` for positions ``0 .. length-1``, computed in
+    float32 and returned in ``like``'s dtype (ComfyUI ``RotaryEmbedding._set_cos_sin_cache``)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=like.device) / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
+    positions = torch.arange(length, dtype=torch.float32, device=like.device)
+    freqs = torch.outer(positions, inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(like.dtype), angles.sin().to(like.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` is ``[B, heads, L, head_dim]``; cos/sin ``[L, head_dim]``."""
+    return x * cos + rotate_half(x) * sin
+
+
+def sliding_window_mask(length: int, window: int, device) -> torch.Tensor:
+    """Boolean ``[L, L]``: True where key j is visible to query i, i.e. ``|i - j| <= window``
+    (bidirectional; ComfyUI ``AceStepAttention.forward`` builds the same as an additive bias with
+    ``finfo.min`` outside the window, official ``create_4d_mask``)."""
+    index = torch.arange(length, device=device)
+    return (index[:, None] - index[None, :]).abs() <= window
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``, no biases (ComfyUI ``MLP``; official ``Qwen3MLP``)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, operations=None, dtype=None, device=None):
+        super().__init__()
+        ops = ops_module.resolve(operations)
+        self.gate_proj = ops.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype, device=device)
+        self.up_proj = ops.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype, device=device)
+        self.down_proj = ops.Linear(intermediate_size, hidden_size, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped KV heads and per-head RMSNorm on q and k.
+
+    Self-attention (``context`` None) applies the rotary embedding to q and k and, when
+    ``sliding_window`` is set, lets query i see only keys with ``|i - j| <= sliding_window``.
+    Cross-attention (``context`` given) uses no positions and no mask: neither the official DiT
+    nor ComfyUI masks the packed condition sequence.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 rms_norm_eps: float = 1e-6, sliding_window: int | None = None,
+                 operations=None, dtype=None, device=None):
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"{num_heads} query heads do not split into groups of {num_kv_heads} KV heads")
+        ops = ops_module.resolve(operations)
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.sliding_window = sliding_window
+        self.q_proj = ops.Linear(hidden_size, num_heads * head_dim, bias=False, dtype=dtype, device=device)
+        self.k_proj = ops.Linear(hidden_size, num_kv_heads * head_dim, bias=False, dtype=dtype, device=device)
+        self.v_proj = ops.Linear(hidden_size, num_kv_heads * head_dim, bias=False, dtype=dtype, device=device)
+        self.o_proj = ops.Linear(num_heads * head_dim, hidden_size, bias=False, dtype=dtype, device=device)
+        self.q_norm = ops.RMSNorm(head_dim, eps=rms_norm_eps, dtype=dtype, device=device)
+        self.k_norm = ops.RMSNorm(head_dim, eps=rms_norm_eps, dtype=dtype, device=device)
+
+    def _heads(self, x: torch.Tensor, proj: nn.Module, heads: int, norm: nn.Module | None):
+        batch, length, _ = x.shape
+        x = proj(x).view(batch, length, heads, self.head_dim)
+        if norm is not None:
+            x = norm(x)                       # RMSNorm over head_dim, before RoPE
+        return x.transpose(1, 2)              # [B, heads, L, head_dim]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        batch, length, _ = x.shape
+        source = x if context is None else context
+        q = self._heads(x, self.q_proj, self.num_heads, self.q_norm)
+        k = self._heads(source, self.k_proj, self.num_kv_heads, self.k_norm)
+        v = self._heads(source, self.v_proj, self.num_kv_heads, None)
+
+        mask = None
+        if context is None:
+            if rotary is not None:
+                cos, sin = rotary
+                q = apply_rotary(q, cos, sin)
+                k = apply_rotary(k, cos, sin)
+            if self.sliding_window is not None and length > self.sliding_window + 1:
+                mask = sliding_window_mask(length, self.sliding_window, x.device)
+
+        # Grouped KV heads: query head h reads KV head h // (num_heads / num_kv_heads)
+        # (ComfyUI ``repeat_interleave(n_rep, dim=1)``).
+        group = self.num_heads // self.num_kv_heads
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+
+        # Fast path: torch's fused kernel for softmax(q k^T / sqrt(head_dim) + mask) v, the same
+        # math as ComfyUI's ``optimized_attention`` with its additive window bias.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``
+    (ComfyUI ``AceStepEncoderLayer``; official ``AceStepEncoderLayer``)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, intermediate_size: int,
+                 rms_norm_eps: float = 1e-6, sliding_window: int | None = None,
+                 operations=None, dtype=None, device=None):
+        super().__init__()
+        ops = ops_module.resolve(operations)
+        self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, head_dim, rms_norm_eps, sliding_window,
+                                   operations=operations, dtype=dtype, device=device)
+        self.input_layernorm = ops.RMSNorm(hidden_size, eps=rms_norm_eps, dtype=dtype, device=device)
+        self.post_attention_layernorm = ops.RMSNorm(hidden_size, eps=rms_norm_eps, dtype=dtype, device=device)
+        self.mlp = SwiGLU(hidden_size, intermediate_size, operations=operations, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary=rotary)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+class EncoderStack(nn.Module):
+    """``embed_tokens`` (Linear with bias) -> layers with RoPE from position 0 -> final ``norm``.
+    The lyric and timbre encoders are exactly this (ComfyUI ``AceStepLyricEncoder``,
+    ``AceStepTimbreEncoder``)."""
+
+    def __init__(self, in_features: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
+                 head_dim: int, intermediate_size: int, rms_norm_eps: float = 1e-6, rope_theta: float = 1e6,
+                 sliding_window: int | None = None, operations=None, dtype=None, device=None):
+        super().__init__()
+        ops = ops_module.resolve(operations)
+        self.head_dim = head_dim
+        self.rope_theta = rope_theta
+        self.embed_tokens = ops.Linear(in_features, hidden_size, dtype=dtype, device=device)
+        self.norm = ops.RMSNorm(hidden_size, eps=rms_norm_eps, dtype=dtype, device=device)
+        # The official encoders alternate like the DiT: a window on even layers, full on odd.
+        self.layers = nn.ModuleList(
+            EncoderLayer(hidden_size, num_heads, num_kv_heads, head_dim, intermediate_size, rms_norm_eps,
+                         sliding_window if index % 2 == 0 else None,
+                         operations=operations, dtype=dtype, device=device)
+            for index in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(x)
+        rotary = rotary_cos_sin(x.shape[1], self.head_dim, self.rope_theta, x)
+        for layer in self.layers:
+            x = layer(x, rotary)
+        return self.norm(x)
