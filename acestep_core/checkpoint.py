@@ -15,6 +15,7 @@ lazily from memory-mapped safetensors, one component at a time; nothing here use
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ DTYPES = {
 }
 
 _ALIGNMENT = 64  # bytes; what torch's CPU allocator gives every fresh tensor
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 
@@ -162,6 +164,15 @@ class ComponentSource:
     shapes: dict[str, tuple[int, ...]]          # canonical key -> shape
     json_config: dict | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)   # canonical key -> safetensors dtype name
+
+    def stored_float_dtype(self) -> torch.dtype | None:
+        """The floating dtype most of this component's values are stored in (None if unknown)."""
+        counts: dict[str, int] = {}
+        for key, name in self.dtypes.items():
+            if name in _SAFETENSORS_FLOATS:
+                counts[name] = counts.get(name, 0) + math.prod(self.shapes.get(key, ()))
+        return _SAFETENSORS_FLOATS[max(counts, key=counts.get)] if counts else None
 
     def state_dict(self, dtype: torch.dtype | None = None, device="cpu",
                    keep_dtype: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
@@ -249,7 +260,8 @@ def _open_single_file(path: Path) -> CheckpointSource:
     for name, prefix in SINGLE_FILE_PREFIXES.items():
         shapes = {k[len(prefix):]: s for k, s in info.shapes.items() if k.startswith(prefix)}
         if shapes:
-            components[name] = ComponentSource(name, path, prefix, shapes, None, info.metadata)
+            dtypes = {k[len(prefix):]: d for k, d in info.dtypes.items() if k.startswith(prefix)}
+            components[name] = ComponentSource(name, path, prefix, shapes, None, info.metadata, dtypes)
     if "transformer" not in components or SIGNATURE_KEYS["transformer"] not in components["transformer"].shapes:
         raise CheckpointError(_not_ace_message(path, info.shapes))
     _check_signatures(path, components)
@@ -325,7 +337,8 @@ def _open_folders(path: Path) -> CheckpointSource:
         shapes = dict(info.shapes)
         if name == "text_encoder":
             shapes.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
-        components[name] = ComponentSource(name, weights, "", shapes, json_config, info.metadata)
+        dtypes = {k: d for k, d in info.dtypes.items() if k in shapes}
+        components[name] = ComponentSource(name, weights, "", shapes, json_config, info.metadata, dtypes)
     src = CheckpointSource(root, "folders", components)
     src.require(*COMPONENTS)
     _check_signatures(root, components)

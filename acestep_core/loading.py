@@ -42,12 +42,25 @@ def infer_config(source: ComponentSource):
 
 
 def build_component(source: ComponentSource, dtype: torch.dtype = torch.float32, device="cpu",
-                    config=None) -> nn.Module:
-    """Construct one component on the meta device and assign its tensors (no second copy)."""
+                    config=None, operations=None, compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """Construct one component on the meta device and assign its tensors (no second copy).
+
+    ``dtype``: how the weights are held; ``compute_dtype`` (optional) the activation dtype when
+    it differs, which needs ``operations`` that cast each weight at use (ComfyUI's manual cast)."""
     _, module_cls, fix_keys = _component_factory(source.name)
     config = config or infer_config(source)
     with torch.device("meta"):
-        module = module_cls(config, dtype=dtype)
+        module = module_cls(config, dtype=dtype, operations=operations)
+    if compute_dtype is not None and compute_dtype != dtype:
+        module.compute_dtype = compute_dtype
+    return assign_weights(module, source, dtype, device)
+
+
+def assign_weights(module: nn.Module, source: ComponentSource, dtype: torch.dtype | None, device="cpu") -> nn.Module:
+    """Give ``module`` (built on the meta device) the tensors of ``source``, converted to
+    ``dtype`` (None: as stored), memory-mapped where no conversion is needed; a CheckpointError
+    names what does not fit."""
+    _, _, fix_keys = _component_factory(source.name)
     state = source.state_dict(dtype=dtype, device=device)
     if fix_keys:
         state = fix_keys(state)

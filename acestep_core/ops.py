@@ -10,7 +10,11 @@ know which.
 
 Code that reads a layer's weight instead of calling the layer (a fast path) must get it through
 :func:`cast_weight_bias`, so an offloaded, patched or quantised weight arrives exactly as the layer's
-own forward would see it.
+own forward would see it. A tensor a module owns directly (a modulation table, a layer scale, a
+buffer) is brought to the input's device and dtype where it is used, with :func:`cast_like`: a
+memory manager may leave it offloaded, and the weights may be stored in another dtype than the
+one the model computes in (ComfyUI's ``comfy.model_management.cast_to`` plays this part for its
+own models).
 """
 from __future__ import annotations
 
@@ -71,3 +75,9 @@ def cast_weight_bias(layer: nn.Module, like: torch.Tensor, dtype: torch.dtype | 
     if bias is not None:
         bias = bias.to(device=like.device, dtype=dtype)
     return weight, bias
+
+
+def cast_like(tensor: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``tensor`` on ``like``'s device in ``dtype`` (default: ``like``'s); the tensor itself, not a
+    copy, when it is already there."""
+    return tensor.to(device=like.device, dtype=like.dtype if dtype is None else dtype)

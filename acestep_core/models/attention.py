@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as layer_ops
+
 # Added to the linear-attention denominator, as in the reference (it only matters for all-zero
 # rows, e.g. masked positions, where it turns 0/0 into 0).
 LINEAR_ATTENTION_EPS = 1e-15
@@ -86,15 +88,16 @@ class LinearSelfAttention(nn.Module):
     No 1/sqrt(D) scale and no softmax. The attention math runs in float32 whatever the weights.
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, device=None, dtype=None):
+    def __init__(self, dim: int, heads: int, head_dim: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         inner = heads * head_dim
         self.heads = heads
         self.head_dim = head_dim
-        self.to_q = nn.Linear(dim, inner, bias=True, device=device, dtype=dtype)
-        self.to_k = nn.Linear(dim, inner, bias=True, device=device, dtype=dtype)
-        self.to_v = nn.Linear(dim, inner, bias=True, device=device, dtype=dtype)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=True, device=device, dtype=dtype)])
+        self.to_q = ops.Linear(dim, inner, bias=True, device=device, dtype=dtype)
+        self.to_k = ops.Linear(dim, inner, bias=True, device=device, dtype=dtype)
+        self.to_v = ops.Linear(dim, inner, bias=True, device=device, dtype=dtype)
+        self.to_out = nn.ModuleList([ops.Linear(inner, dim, bias=True, device=device, dtype=dtype)])
         # Multiplies the query projection (ERG guidance weakens some blocks this way); 1.0 = off.
         self.query_scale: float = 1.0
 
@@ -130,19 +133,21 @@ class CrossAttention(nn.Module):
     weights but no implementation uses them; they are kept only so the checkpoint loads strictly.
     """
 
-    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, device=None, dtype=None):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, device=None, dtype=None,
+                 operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         inner = heads * head_dim
         self.heads = heads
         self.head_dim = head_dim
-        self.to_q = nn.Linear(dim, inner, bias=True, device=device, dtype=dtype)
-        self.to_k = nn.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
-        self.to_v = nn.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
-        self.add_k_proj = nn.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
-        self.add_v_proj = nn.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
-        self.add_q_proj = nn.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=True, device=device, dtype=dtype)])
-        self.to_add_out = nn.Linear(inner, dim, bias=True, device=device, dtype=dtype)
+        self.to_q = ops.Linear(dim, inner, bias=True, device=device, dtype=dtype)
+        self.to_k = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
+        self.to_v = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
+        self.add_k_proj = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
+        self.add_v_proj = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
+        self.add_q_proj = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
+        self.to_out = nn.ModuleList([ops.Linear(inner, dim, bias=True, device=device, dtype=dtype)])
+        self.to_add_out = ops.Linear(inner, dim, bias=True, device=device, dtype=dtype)
         self.query_scale: float = 1.0
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, rope_x, rope_context,

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as layer_ops
 from ..config import ConfigError, DCAEConfig
 
 RMS_EPS = 1e-5
@@ -36,20 +37,21 @@ GLU_EXPAND = 4       # GLUMBConv hidden width = 4 x channels
 class RMSNorm(nn.Module):
     """RMS norm over the last axis with a learnt scale *and* bias: x / rms(x) * w + b."""
 
-    def __init__(self, dim: int, eps: float = RMS_EPS, device=None, dtype=None):
+    def __init__(self, dim: int, eps: float = RMS_EPS, device=None, dtype=None, operations=None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = layer_ops.cast_like(self.weight, x), layer_ops.cast_like(self.bias, x)
         if x.is_cuda:   # one fused kernel there; the general path below trades that for memory
-            return F.rms_norm(x, x.shape[-1:], self.weight.to(x.dtype), self.eps).add_(self.bias.to(x.dtype))
+            return F.rms_norm(x, x.shape[-1:], weight, self.eps).add_(bias)
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         # normed is a fresh tensor, so the affine part can update it in place (these maps are the
         # decoder's largest; one temporary fewer lowers its peak)
-        return normed.mul_(self.weight.to(x.dtype)).add_(self.bias.to(x.dtype))
+        return normed.mul_(weight).add_(bias)
 
 
 def channel_rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +62,12 @@ def channel_rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
 class ResBlock(nn.Module):
     """x + RMSNorm(conv2(SiLU(conv1(x)))), both convs 3x3, conv2 without bias."""
 
-    def __init__(self, channels: int, device=None, dtype=None):
+    def __init__(self, channels: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, **kw)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **kw)
+        self.conv1 = ops.Conv2d(channels, channels, 3, padding=1, **kw)
+        self.conv2 = ops.Conv2d(channels, channels, 3, padding=1, bias=False, **kw)
         self.norm = RMSNorm(channels, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,12 +79,13 @@ class MultiscaleProjection(nn.Module):
     """Local aggregation of the concatenated q|k|v maps: depthwise k x k conv, then a grouped
     1x1 conv mixing channels within each head (3 * heads groups of head_dim channels)."""
 
-    def __init__(self, channels: int, groups: int, kernel_size: int, device=None, dtype=None):
+    def __init__(self, channels: int, groups: int, kernel_size: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
-        self.proj_in = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels,
+        self.proj_in = ops.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels,
                                  bias=False, **kw)
-        self.proj_out = nn.Conv2d(channels, channels, 1, groups=groups, bias=False, **kw)
+        self.proj_out = ops.Conv2d(channels, channels, 1, groups=groups, bias=False, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.proj_in(x))
@@ -100,20 +104,21 @@ class LiteMLA(nn.Module):
     evaluated as (v k^T) q in O(N) when N > head_dim (in float32), else as the N x N matrix.
     """
 
-    def __init__(self, channels: int, head_dim: int, kernel_sizes: tuple, device=None, dtype=None):
+    def __init__(self, channels: int, head_dim: int, kernel_sizes: tuple, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
         if channels % head_dim:
             raise ConfigError(f"DCAE attention: {channels} channels are not a multiple of head dim {head_dim}")
         self.head_dim = head_dim
         heads = channels // head_dim
         inner = heads * head_dim
-        self.to_q = nn.Linear(channels, inner, bias=False, **kw)
-        self.to_k = nn.Linear(channels, inner, bias=False, **kw)
-        self.to_v = nn.Linear(channels, inner, bias=False, **kw)
+        self.to_q = ops.Linear(channels, inner, bias=False, **kw)
+        self.to_k = ops.Linear(channels, inner, bias=False, **kw)
+        self.to_v = ops.Linear(channels, inner, bias=False, **kw)
         self.to_qkv_multiscale = nn.ModuleList(
-            MultiscaleProjection(3 * inner, 3 * heads, k, **kw) for k in kernel_sizes)
-        self.to_out = nn.Linear(inner * (1 + len(kernel_sizes)), channels, bias=False, **kw)
+            MultiscaleProjection(3 * inner, 3 * heads, k, **kw, operations=operations) for k in kernel_sizes)
+        self.to_out = ops.Linear(inner * (1 + len(kernel_sizes)), channels, bias=False, **kw)
         self.norm_out = RMSNorm(channels, **kw)
 
     @property
@@ -168,13 +173,14 @@ class GLUMBConv(nn.Module):
     """Inverted-bottleneck conv with a GLU: 1x1 expand (x2 for the gate) -> SiLU -> depthwise 3x3
     -> value * SiLU(gate) -> 1x1 project (no bias) -> RMSNorm. Returns the residual update."""
 
-    def __init__(self, channels: int, device=None, dtype=None):
+    def __init__(self, channels: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
         hidden = GLU_EXPAND * channels
-        self.conv_inverted = nn.Conv2d(channels, 2 * hidden, 1, **kw)
-        self.conv_depth = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, **kw)
-        self.conv_point = nn.Conv2d(hidden, channels, 1, bias=False, **kw)
+        self.conv_inverted = ops.Conv2d(channels, 2 * hidden, 1, **kw)
+        self.conv_depth = ops.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, **kw)
+        self.conv_point = ops.Conv2d(hidden, channels, 1, bias=False, **kw)
         self.norm = RMSNorm(channels, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,10 +190,10 @@ class GLUMBConv(nn.Module):
 
 
 class EfficientViTBlock(nn.Module):
-    def __init__(self, channels: int, head_dim: int, kernel_sizes: tuple, device=None, dtype=None):
+    def __init__(self, channels: int, head_dim: int, kernel_sizes: tuple, device=None, dtype=None, operations=None):
         super().__init__()
-        self.attn = LiteMLA(channels, head_dim, kernel_sizes, device=device, dtype=dtype)
-        self.conv_out = GLUMBConv(channels, device=device, dtype=dtype)
+        self.attn = LiteMLA(channels, head_dim, kernel_sizes, device=device, dtype=dtype, operations=operations)
+        self.conv_out = GLUMBConv(channels, device=device, dtype=dtype, operations=operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)
@@ -198,12 +204,13 @@ class DownBlock(nn.Module):
     """Stride-2 3x3 conv (c_in -> c_out) plus a parameter-free shortcut: pixel-unshuffle by 2
     (4 c_in channels) and average consecutive groups of 4 c_in / c_out channels."""
 
-    def __init__(self, c_in: int, c_out: int, device=None, dtype=None):
+    def __init__(self, c_in: int, c_out: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         if (4 * c_in) % c_out:
             raise ConfigError(f"DCAE down block {c_in} -> {c_out}: 4 * {c_in} is not a multiple of {c_out}")
         self.group = 4 * c_in // c_out
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.conv = ops.Conv2d(c_in, c_out, 3, stride=2, padding=1, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = F.pixel_unshuffle(x, 2).unflatten(1, (-1, self.group)).mean(dim=2)
@@ -214,12 +221,13 @@ class UpBlock(nn.Module):
     """Nearest 2x upsample then 3x3 conv (c_in -> c_out), plus a parameter-free shortcut:
     repeat every channel 4 c_out / c_in times, then pixel-shuffle by 2."""
 
-    def __init__(self, c_in: int, c_out: int, device=None, dtype=None):
+    def __init__(self, c_in: int, c_out: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         if (4 * c_out) % c_in:
             raise ConfigError(f"DCAE up block {c_in} -> {c_out}: 4 * {c_out} is not a multiple of {c_in}")
         self.repeats = 4 * c_out // c_in
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, device=device, dtype=dtype)
+        self.conv = ops.Conv2d(c_in, c_out, 3, padding=1, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The conv first, so its 4x larger upsampled input is freed before the shortcut exists.
@@ -227,11 +235,12 @@ class UpBlock(nn.Module):
         return out.add_(F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2))
 
 
-def _make_block(kind: str, channels: int, head_dim: int, kernel_sizes: tuple, device, dtype) -> nn.Module:
+def _make_block(kind: str, channels: int, head_dim: int, kernel_sizes: tuple, device, dtype, operations) -> nn.Module:
     if kind == "ResBlock":
-        return ResBlock(channels, device=device, dtype=dtype)
+        return ResBlock(channels, device=device, dtype=dtype, operations=operations)
     if kind == "EfficientViTBlock":
-        return EfficientViTBlock(channels, head_dim, tuple(kernel_sizes), device=device, dtype=dtype)
+        return EfficientViTBlock(channels, head_dim, tuple(kernel_sizes), device=device, dtype=dtype,
+                                 operations=operations)
     raise ConfigError(f"unknown DCAE block type {kind!r} (expected ResBlock or EfficientViTBlock)")
 
 
@@ -306,20 +315,21 @@ def run_stage(stage: nn.Sequential, x: torch.Tensor, chunk: int | None = None) -
 # frames of context), `latent_part` the deepest stage, whose linear attention sees the whole
 # song; `latent_part(..., chunk=n)` evaluates it n frames at a time with the same result.
 class Encoder(nn.Module):
-    def __init__(self, config: DCAEConfig, device=None, dtype=None):
+    def __init__(self, config: DCAEConfig, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
         chans = config.encoder_block_out_channels
-        self.conv_in = nn.Conv2d(config.in_channels, chans[0], 3, padding=1, **kw)
+        self.conv_in = ops.Conv2d(config.in_channels, chans[0], 3, padding=1, **kw)
         stages = []
         for i, (c, n) in enumerate(zip(chans, config.encoder_layers_per_block)):
             layers = [_make_block(config.encoder_block_types[i], c, config.attention_head_dim,
-                                  config.encoder_qkv_multiscales[i], device, dtype) for _ in range(n)]
+                                  config.encoder_qkv_multiscales[i], device, dtype, operations) for _ in range(n)]
             if i + 1 < len(chans):
-                layers.append(DownBlock(c, chans[i + 1], **kw))
+                layers.append(DownBlock(c, chans[i + 1], **kw, operations=operations))
             stages.append(nn.Sequential(*layers))
         self.down_blocks = nn.ModuleList(stages)
-        self.conv_out = nn.Conv2d(chans[-1], config.latent_channels, 3, padding=1, **kw)
+        self.conv_out = ops.Conv2d(chans[-1], config.latent_channels, 3, padding=1, **kw)
         if chans[-1] % config.latent_channels:
             raise ConfigError("DCAE: last encoder width is not a multiple of the latent channels")
         self.out_group = chans[-1] // config.latent_channels
@@ -341,23 +351,24 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, config: DCAEConfig, device=None, dtype=None):
+    def __init__(self, config: DCAEConfig, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
         chans = config.decoder_block_out_channels
-        self.conv_in = nn.Conv2d(config.latent_channels, chans[-1], 3, padding=1, **kw)
+        self.conv_in = ops.Conv2d(config.latent_channels, chans[-1], 3, padding=1, **kw)
         if chans[-1] % config.latent_channels:
             raise ConfigError("DCAE: last decoder width is not a multiple of the latent channels")
         self.in_repeats = chans[-1] // config.latent_channels
         stages = []
         for i, (c, n) in enumerate(zip(chans, config.decoder_layers_per_block)):
-            layers = [UpBlock(chans[i + 1], c, **kw)] if i + 1 < len(chans) else []
+            layers = [UpBlock(chans[i + 1], c, **kw, operations=operations)] if i + 1 < len(chans) else []
             layers += [_make_block(config.decoder_block_types[i], c, config.attention_head_dim,
-                                   config.decoder_qkv_multiscales[i], device, dtype) for _ in range(n)]
+                                   config.decoder_qkv_multiscales[i], device, dtype, operations) for _ in range(n)]
             stages.append(nn.Sequential(*layers))
         self.up_blocks = nn.ModuleList(stages)   # indexed by stage; run from the deepest one
         self.norm_out = RMSNorm(chans[0], **kw)
-        self.conv_out = nn.Conv2d(chans[0], config.in_channels, 3, padding=1, **kw)
+        self.conv_out = ops.Conv2d(chans[0], config.in_channels, 3, padding=1, **kw)
 
     def latent_part(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """raw latent [B, 8, 16, T] -> deepest-stage features [B, C, 16, T]."""
@@ -383,12 +394,13 @@ class Decoder(nn.Module):
 class DCAE(nn.Module):
     """Normalised log-mel [B, 2, 128, F] <-> raw latent [B, 8, 16, F / 8]."""
 
-    def __init__(self, config: DCAEConfig, device=None, dtype=None):
+    def __init__(self, config: DCAEConfig, device=None, dtype=None, operations=None):
         super().__init__()
         _check_config(config)
         self.config = config
-        self.encoder = Encoder(config, device=device, dtype=dtype)
-        self.decoder = Decoder(config, device=device, dtype=dtype)
+        self.compute_dtype: torch.dtype | None = None   # see AceStepTransformer
+        self.encoder = Encoder(config, device=device, dtype=dtype, operations=operations)
+        self.decoder = Decoder(config, device=device, dtype=dtype, operations=operations)
 
     @property
     def downsample(self) -> int:
@@ -397,7 +409,8 @@ class DCAE(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
+        """The activation dtype: ``compute_dtype`` if set, else the weights' dtype."""
+        return self.compute_dtype or self.encoder.conv_in.weight.dtype
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         return self.encoder(mel)

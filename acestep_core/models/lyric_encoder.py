@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as layer_ops
+
 from ..config import LyricEncoderConfig
 
 
@@ -52,17 +54,18 @@ def skew_relative_scores(scores: torch.Tensor) -> torch.Tensor:
 
 
 class RelPositionSelfAttention(nn.Module):
-    def __init__(self, hidden_size: int, heads: int, device=None, dtype=None):
+    def __init__(self, hidden_size: int, heads: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         if hidden_size % heads:
             raise ValueError(f"lyric encoder width {hidden_size} is not divisible by {heads} heads")
         self.heads = heads
         self.head_dim = hidden_size // heads
-        self.linear_q = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
-        self.linear_k = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
-        self.linear_v = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
-        self.linear_out = nn.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
-        self.linear_pos = nn.Linear(hidden_size, hidden_size, bias=False, device=device, dtype=dtype)
+        self.linear_q = ops.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_k = ops.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_v = ops.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_out = ops.Linear(hidden_size, hidden_size, device=device, dtype=dtype)
+        self.linear_pos = ops.Linear(hidden_size, hidden_size, bias=False, device=device, dtype=dtype)
         self.pos_bias_u = nn.Parameter(torch.zeros(heads, self.head_dim, device=device, dtype=dtype))
         self.pos_bias_v = nn.Parameter(torch.zeros(heads, self.head_dim, device=device, dtype=dtype))
         # Multiplies the linear_q output (ERG's "weakened lyrics" condition uses 0.01); 1.0 = off.
@@ -79,8 +82,8 @@ class RelPositionSelfAttention(nn.Module):
         v = self.linear_v(x).unflatten(-1, heads).transpose(1, 2)
         p = self.linear_pos(pos_table).unflatten(-1, heads).transpose(1, 2)  # [1, H, 2L-1, D]
 
-        q_u = (q + self.pos_bias_u.to(q.dtype)).transpose(1, 2)   # content term query
-        q_v = (q + self.pos_bias_v.to(q.dtype)).transpose(1, 2)   # position term query
+        q_u = (q + layer_ops.cast_like(self.pos_bias_u, q)).transpose(1, 2)   # content term query
+        q_v = (q + layer_ops.cast_like(self.pos_bias_v, q)).transpose(1, 2)   # position term query
         scale = 1.0 / math.sqrt(self.head_dim)
         # The position term enters the softmax attention as an additive score bias; the content
         # term (q_u . k) * scale is what scaled_dot_product_attention computes itself.
@@ -96,23 +99,25 @@ class RelPositionSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, hidden_size: int, ffn_size: int, device=None, dtype=None):
+    def __init__(self, hidden_size: int, ffn_size: int, device=None, dtype=None, operations=None):
         super().__init__()
-        self.w_1 = nn.Linear(hidden_size, ffn_size, device=device, dtype=dtype)
-        self.w_2 = nn.Linear(ffn_size, hidden_size, device=device, dtype=dtype)
+        ops = layer_ops.resolve(operations)
+        self.w_1 = ops.Linear(hidden_size, ffn_size, device=device, dtype=dtype)
+        self.w_2 = ops.Linear(ffn_size, hidden_size, device=device, dtype=dtype)
 
     def forward(self, x):
         return self.w_2(F.silu(self.w_1(x)))
 
 
 class ConformerLayer(nn.Module):
-    def __init__(self, config: LyricEncoderConfig, device=None, dtype=None):
+    def __init__(self, config: LyricEncoderConfig, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         size, eps = config.hidden_size, config.layer_norm_eps
-        self.self_attn = RelPositionSelfAttention(size, config.num_heads, device=device, dtype=dtype)
-        self.feed_forward = FeedForward(size, config.ffn_size, device=device, dtype=dtype)
-        self.norm_ff = nn.LayerNorm(size, eps=eps, device=device, dtype=dtype)
-        self.norm_mha = nn.LayerNorm(size, eps=eps, device=device, dtype=dtype)
+        self.self_attn = RelPositionSelfAttention(size, config.num_heads, device=device, dtype=dtype, operations=operations)
+        self.feed_forward = FeedForward(size, config.ffn_size, device=device, dtype=dtype, operations=operations)
+        self.norm_ff = ops.LayerNorm(size, eps=eps, device=device, dtype=dtype)
+        self.norm_mha = ops.LayerNorm(size, eps=eps, device=device, dtype=dtype)
 
     def forward(self, x, pos_table, key_mask):
         x = x + self.self_attn(self.norm_mha(x), pos_table, key_mask)
@@ -122,10 +127,11 @@ class ConformerLayer(nn.Module):
 class _InputProjection(nn.Module):
     """``embed.out``: Linear -> LayerNorm (the reference's dropout slot 2 has no weights)."""
 
-    def __init__(self, input_size: int, hidden_size: int, eps: float, device=None, dtype=None):
+    def __init__(self, input_size: int, hidden_size: int, eps: float, device=None, dtype=None, operations=None):
         super().__init__()
-        self.out = nn.Sequential(nn.Linear(input_size, hidden_size, device=device, dtype=dtype),
-                                 nn.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype))
+        ops = layer_ops.resolve(operations)
+        self.out = nn.Sequential(ops.Linear(input_size, hidden_size, device=device, dtype=dtype),
+                                 ops.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype))
 
     def forward(self, x):
         return self.out(x)
@@ -139,14 +145,15 @@ class LyricEncoder(nn.Module):
     still encoded (their rows are not zeroed), as in the reference.
     """
 
-    def __init__(self, config: LyricEncoderConfig, device=None, dtype=None):
+    def __init__(self, config: LyricEncoderConfig, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         self.config = config
         size, eps = config.hidden_size, config.layer_norm_eps
-        self.embed = _InputProjection(size, size, eps, device=device, dtype=dtype)
-        self.encoders = nn.ModuleList(ConformerLayer(config, device=device, dtype=dtype)
+        self.embed = _InputProjection(size, size, eps, device=device, dtype=dtype, operations=operations)
+        self.encoders = nn.ModuleList(ConformerLayer(config, device=device, dtype=dtype, operations=operations)
                                       for _ in range(config.num_layers))
-        self.after_norm = nn.LayerNorm(size, eps=eps, device=device, dtype=dtype)
+        self.after_norm = ops.LayerNorm(size, eps=eps, device=device, dtype=dtype)
         self._pos_cache: tuple | None = None  # (key, table): the last length used
 
     def position_table(self, length: int, device, dtype) -> torch.Tensor:

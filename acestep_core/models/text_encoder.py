@@ -25,6 +25,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from .. import ops as layer_ops
 from ..config import ConfigError, TextEncoderConfig
 
 # Blocks and factor of the original pipeline's ERG tag pass (pipeline_ace_step.py,
@@ -62,7 +63,7 @@ def _hf_config(config: TextEncoderConfig):
 class TextEncoder(nn.Module):
     """UMT5 encoder stack: ids [B, L] (+ mask) -> last hidden state [B, L, d_model]."""
 
-    def __init__(self, config: TextEncoderConfig, device=None, dtype=None):
+    def __init__(self, config: TextEncoderConfig, device=None, dtype=None, operations=None):
         super().__init__()
         from transformers import UMT5EncoderModel
 
@@ -70,6 +71,8 @@ class TextEncoder(nn.Module):
         device_context = torch.device(device) if device is not None else contextlib.nullcontext()
         with device_context:
             hf_model = UMT5EncoderModel(_hf_config(config))
+        if operations is not None:
+            _use_operations(hf_model, layer_ops.resolve(operations))
         # Keep the two parts we need as our own children: their parameter names are then the
         # checkpoint's. The stack's own embedding (a tied alias of `shared`) is removed.
         self.shared = hf_model.shared
@@ -114,6 +117,23 @@ class TextEncoder(nn.Module):
         """``forward`` with optional query scaling, e.g. ``ERG_TAG_QUERY_SCALES``."""
         with self.scaled_queries(query_scale_blocks):
             return self(input_ids, attention_mask)
+
+
+def _use_operations(module: nn.Module, ops) -> None:
+    """Replace the Linear and Embedding layers that transformers built with ``ops``' classes of
+    the same shape, device and dtype (new modules, before any weight is loaded: the Hugging Face
+    classes take no layer factory). Their norms stay: they are transformers' own modules."""
+    for name, child in module.named_children():
+        if type(child) is nn.Linear:
+            layer = ops.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                               device=child.weight.device, dtype=child.weight.dtype)
+        elif type(child) is nn.Embedding:
+            layer = ops.Embedding(child.num_embeddings, child.embedding_dim, padding_idx=child.padding_idx,
+                                  device=child.weight.device, dtype=child.weight.dtype)
+        else:
+            _use_operations(child, ops)
+            continue
+        setattr(module, name, layer)
 
 
 def _scale_output_hook(scale: float):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as layer_ops
 from ..config import ConfigError, LyricEncoderConfig, TransformerConfig
 from .attention import CrossAttention, LinearSelfAttention, RopeCache
 from .lyric_encoder import LyricEncoder
@@ -58,10 +59,11 @@ def _is_one(value) -> bool:
 
 
 class TimestepEmbedding(nn.Module):
-    def __init__(self, in_channels: int, dim: int, device=None, dtype=None):
+    def __init__(self, in_channels: int, dim: int, device=None, dtype=None, operations=None):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, dim, device=device, dtype=dtype)
-        self.linear_2 = nn.Linear(dim, dim, device=device, dtype=dtype)
+        ops = layer_ops.resolve(operations)
+        self.linear_1 = ops.Linear(in_channels, dim, device=device, dtype=dtype)
+        self.linear_2 = ops.Linear(dim, dim, device=device, dtype=dtype)
 
     def forward(self, x):
         return self.linear_2(F.silu(self.linear_1(x)))
@@ -78,22 +80,24 @@ class GLUConvFeedForward(nn.Module):
     CPU depthwise conv would also copy it twice into a blocked layout).
     """
 
-    def __init__(self, dim: int, hidden: int, device=None, dtype=None):
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
         # ModuleDicts give the checkpoint names ``inverted_conv.conv.weight`` etc.
-        self.inverted_conv = nn.ModuleDict({"conv": nn.Conv1d(dim, 2 * hidden, 1, bias=True, **kw)})
-        self.depth_conv = nn.ModuleDict({"conv": nn.Conv1d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden,
-                                                           bias=True, **kw)})
-        self.point_conv = nn.ModuleDict({"conv": nn.Conv1d(hidden, dim, 1, bias=False, **kw)})
+        self.inverted_conv = nn.ModuleDict({"conv": ops.Conv1d(dim, 2 * hidden, 1, bias=True, **kw)})
+        self.depth_conv = nn.ModuleDict({"conv": ops.Conv1d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden,
+                                                            bias=True, **kw)})
+        self.point_conv = nn.ModuleDict({"conv": ops.Conv1d(hidden, dim, 1, bias=False, **kw)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inverted, depth, point = self.inverted_conv["conv"], self.depth_conv["conv"], self.point_conv["conv"]
-        h = F.silu(F.linear(x, inverted.weight.squeeze(-1), inverted.bias), inplace=True)  # [B, T, 2H]
+        weight, bias = layer_ops.cast_weight_bias(inverted, x)
+        h = F.silu(F.linear(x, weight.squeeze(-1), bias), inplace=True)                  # [B, T, 2H]
         batch, frames, width = h.shape
         hidden = width // 2
-        taps = depth.weight.squeeze(1).float().t()       # [3, 2H]: taps for t-1, t, t+1
-        bias = depth.bias.float()
+        taps, bias = layer_ops.cast_weight_bias(depth, h, torch.float32)
+        taps = taps.squeeze(1).t()                        # [3, 2H]: taps for t-1, t, t+1
         gated = h.new_empty(batch, frames, hidden)
         budget = FF_BLOCK_ELEMENTS_CPU if h.device.type == "cpu" else FF_BLOCK_ELEMENTS_GPU
         block = max(FF_MIN_BLOCK_CHANNELS, budget // (batch * frames))
@@ -104,7 +108,8 @@ class GLUConvFeedForward(nn.Module):
             gated[..., start:stop] = value.mul_(F.silu(gate, inplace=True))
             del value, gate     # before the next block's are made
         del h
-        return F.linear(gated, point.weight.squeeze(-1))                                   # [B, T, C]
+        weight, _ = layer_ops.cast_weight_bias(point, gated)
+        return F.linear(gated, weight.squeeze(-1))                                          # [B, T, C]
 
 
 def _depthwise3(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -117,38 +122,91 @@ def _depthwise3(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torc
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: TransformerConfig, device=None, dtype=None):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None):
         super().__init__()
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
-        self.attn = LinearSelfAttention(dim, heads, head_dim, device=device, dtype=dtype)
-        self.cross_attn = CrossAttention(dim, dim, heads, head_dim, device=device, dtype=dtype)
-        self.ff = GLUConvFeedForward(dim, config.mlp_hidden_dim, device=device, dtype=dtype)
+        kw = dict(device=device, dtype=dtype, operations=operations)
+        self.attn = LinearSelfAttention(dim, heads, head_dim, **kw)
+        self.cross_attn = CrossAttention(dim, dim, heads, head_dim, **kw)
+        self.ff = GLUConvFeedForward(dim, config.mlp_hidden_dim, **kw)
         # Learned offsets of the six modulation vectors, added to the shared timestep projection.
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim, device=device, dtype=dtype) / dim ** 0.5)
 
-    def forward(self, h, temb, context, rope_x, rope_context, latent_mask=None, context_mask=None):
+    def forward(self, h, temb, context, rope_x, rope_context, latent_mask=None, context_mask=None,
+                transformer_options=None):
+        """``transformer_options`` (ComfyUI's dict, or None) may carry ``patches_replace`` for the
+        self-attention (``"attn1"``) and the cross-attention (``"attn2"``), keyed by the block
+        this is (``transformer_options["block"]``), see :func:`attention_replacement`."""
         batch, _, dim = h.shape
-        modulation = self.scale_shift_table.to(temb.dtype) + temb.view(batch, 6, dim)
+        modulation = layer_ops.cast_like(self.scale_shift_table, temb) + temb.view(batch, 6, dim)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)  # [B, 1, C]
 
         n = torch.addcmul(shift_msa, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_msa)
-        h = torch.addcmul(h, gate_msa, self.attn(n, rope_x, latent_mask))
-        h = h + self.cross_attn(h, context, rope_x, rope_context, context_mask, latent_mask)
+        self_attention = lambda x, context=None, value=None: self.attn(x, rope_x, latent_mask)  # noqa: E731
+        patch = attention_replacement(transformer_options, "attn1")
+        if patch is None:
+            attended = self_attention(n)
+        else:
+            attended = patch(n, n, n, _patch_options(transformer_options, self.attn, self_attention))
+        h = torch.addcmul(h, gate_msa, attended)
+
+        def cross_attention(x, context=context, value=None):
+            return self.cross_attn(x, context, rope_x, rope_context, context_mask, latent_mask)
+        patch = attention_replacement(transformer_options, "attn2")
+        if patch is None:
+            h = h + cross_attention(h)
+        else:
+            h = h + patch(h, context, context, _patch_options(transformer_options, self.cross_attn, cross_attention))
         n = torch.addcmul(shift_mlp, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_mlp)
         return torch.addcmul(h, gate_mlp, self.ff(n))
+
+
+BLOCK_NAME = "double_block"
+"""How ComfyUI's DiT models name a transformer block in ``patches_replace``: block replacement
+under ``patches_replace["dit"][("double_block", i)]`` (comfy/ldm/wan/model.py ``WanModel.forward_orig``,
+comfy/ldm/ace/ace_step15.py in ComfyUI 0.20), and ``transformer_options["block"]`` the way the
+UNet's transformer sets it for attention patches (comfy/ldm/modules/attention.py
+``BasicTransformerBlock.forward``)."""
+
+
+def attention_replacement(transformer_options, name: str):
+    """The ``patches_replace[name]`` entry for the current block, or None.
+
+    Looked up as ComfyUI's ``BasicTransformerBlock.forward`` does: first ``block + (index,)``
+    with ``transformer_options["transformer_index"]`` (0 here: one transformer per block), then
+    ``block``; ``ModelPatcher.set_model_attn1_replace(patch, "double_block", i)`` registers the
+    latter."""
+    if not transformer_options:
+        return None
+    patches = transformer_options.get("patches_replace", {}).get(name)
+    block = transformer_options.get("block")
+    if not patches or block is None:
+        return None
+    with_index = tuple(block) + (transformer_options.get("transformer_index", 0),)
+    return patches.get(with_index, patches.get(tuple(block)))
+
+
+def _patch_options(transformer_options, attention: nn.Module, default) -> dict:
+    """``extra_options`` of an attention replacement, as ComfyUI builds them (the transformer
+    options plus ``n_heads`` / ``dim_head``), with ``original_attention(x, context, value)``: the
+    attention the patch replaces, for patches that wrap it."""
+    extra = dict(transformer_options)
+    extra.update(n_heads=attention.heads, dim_head=attention.head_dim, original_attention=default)
+    return extra
 
 
 class PatchEmbed(nn.Module):
     """Conv (patch, stride patch) -> GroupNorm -> 1x1 conv; [B, C, H, W] -> [B, H/ph * W/pw, dim]."""
 
-    def __init__(self, in_channels: int, dim: int, patch_size, device=None, dtype=None):
+    def __init__(self, in_channels: int, dim: int, patch_size, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         hidden = in_channels * PATCH_HIDDEN_PER_CHANNEL
         kw = dict(device=device, dtype=dtype)
         self.early_conv_layers = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, kernel_size=tuple(patch_size), stride=tuple(patch_size), bias=True, **kw),
-            nn.GroupNorm(PATCH_NORM_GROUPS, hidden, eps=1e-6, affine=True, **kw),
-            nn.Conv2d(hidden, dim, kernel_size=1, bias=True, **kw),
+            ops.Conv2d(in_channels, hidden, kernel_size=tuple(patch_size), stride=tuple(patch_size), bias=True, **kw),
+            ops.GroupNorm(PATCH_NORM_GROUPS, hidden, eps=1e-6, affine=True, **kw),
+            ops.Conv2d(hidden, dim, kernel_size=1, bias=True, **kw),
         )
 
     def forward(self, x):
@@ -159,20 +217,24 @@ class PatchEmbed(nn.Module):
         # allocates a scratch buffer a hundred times the size of its output.
         patches = x.unfold(2, ph, ph).unfold(3, pw, pw)                       # [B, C, H/ph, W/pw, ph, pw]
         patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)  # [B, S, C * ph * pw]
-        h = F.linear(patches, patchify.weight.reshape(hidden, -1), patchify.bias)  # [B, S, hidden]
+        weight, bias = layer_ops.cast_weight_bias(patchify, patches)
+        h = F.linear(patches, weight.reshape(hidden, -1), bias)               # [B, S, hidden]
         h = norm(h.transpose(1, 2)).transpose(1, 2)                           # GroupNorm wants channels first
-        return F.linear(h, project.weight.flatten(1), project.bias)         # the 1x1 conv, on [B, S, .]
+        weight, bias = layer_ops.cast_weight_bias(project, h)
+        return F.linear(h, weight.flatten(1), bias)                           # the 1x1 conv, on [B, S, .]
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, patch_size, out_channels: int, device=None, dtype=None):
+    def __init__(self, dim: int, patch_size, out_channels: int, device=None, dtype=None, operations=None):
         super().__init__()
-        self.linear = nn.Linear(dim, patch_size[0] * patch_size[1] * out_channels, device=device, dtype=dtype)
+        ops = layer_ops.resolve(operations)
+        self.linear = ops.Linear(dim, patch_size[0] * patch_size[1] * out_channels, device=device, dtype=dtype)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim, device=device, dtype=dtype) / dim ** 0.5)
 
     def forward(self, h, embedded_timestep):
         """Modulated by the timestep embedding *before* ``t_block`` (as in the reference)."""
-        shift, scale = (self.scale_shift_table.to(h.dtype)[None] + embedded_timestep[:, None]).chunk(2, dim=1)
+        table = layer_ops.cast_like(self.scale_shift_table, h)
+        shift, scale = (table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         return self.linear(torch.addcmul(shift, F.rms_norm(h, (h.shape[-1],), eps=RMS_EPS), 1 + scale))
 
 
@@ -185,40 +247,49 @@ def _match_statistics(hidden: torch.Tensor, control: torch.Tensor) -> torch.Tens
 
 
 class AceStepTransformer(nn.Module):
-    def __init__(self, config: TransformerConfig, device=None, dtype=None):
+    """``operations`` (default: plain torch layers, see acestep_core.ops), ``dtype`` (how the
+    weights are stored) and ``device`` as ComfyUI's models take them. ``compute_dtype``: the
+    activation dtype when it differs from the weights' (the operations must then cast each
+    weight at use, as ComfyUI's manual-cast operations do), else None."""
+
+    def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None,
+                 compute_dtype: torch.dtype | None = None):
         super().__init__()
         if config.lyric_hidden_size != config.lyric_encoder.hidden_size:
             raise ConfigError(f"lyric embedding width {config.lyric_hidden_size} differs from the lyric encoder "
                               f"width {config.lyric_encoder.hidden_size}; ACE-Step uses one width for both")
         self.config = config
+        self.compute_dtype = compute_dtype
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
+        sub = dict(kw, operations=operations)
         dim = config.inner_dim
 
-        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **kw) for _ in range(config.num_layers))
-        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **kw)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, **kw))
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **sub) for _ in range(config.num_layers))
+        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **sub)
+        self.t_block = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim, **kw))
 
-        self.speaker_embedder = nn.Linear(config.speaker_embedding_dim, dim, **kw)
-        self.genre_embedder = nn.Linear(config.text_embedding_dim, dim, **kw)
-        self.lyric_embs = nn.Embedding(config.lyric_encoder_vocab_size, config.lyric_hidden_size, **kw)
-        self.lyric_encoder = LyricEncoder(config.lyric_encoder, **kw)
-        self.lyric_proj = nn.Linear(config.lyric_encoder.hidden_size, dim, **kw)
+        self.speaker_embedder = ops.Linear(config.speaker_embedding_dim, dim, **kw)
+        self.genre_embedder = ops.Linear(config.text_embedding_dim, dim, **kw)
+        self.lyric_embs = ops.Embedding(config.lyric_encoder_vocab_size, config.lyric_hidden_size, **kw)
+        self.lyric_encoder = LyricEncoder(config.lyric_encoder, **sub)
+        self.lyric_proj = ops.Linear(config.lyric_encoder.hidden_size, dim, **kw)
 
         # REPA heads (training only: they predict SSL features from a middle block). Unused at
         # inference, built so that the released weights load strictly.
         self.projectors = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, 2 * dim, **kw), nn.SiLU(), nn.Linear(2 * dim, 2 * dim, **kw), nn.SiLU(),
-                          nn.Linear(2 * dim, ssl_dim, **kw))
+            nn.Sequential(ops.Linear(dim, 2 * dim, **kw), nn.SiLU(), ops.Linear(2 * dim, 2 * dim, **kw), nn.SiLU(),
+                          ops.Linear(2 * dim, ssl_dim, **kw))
             for ssl_dim in config.ssl_latent_dims)
 
-        self.proj_in = PatchEmbed(config.in_channels, dim, config.patch_size, **kw)
-        self.final_layer = FinalLayer(dim, config.patch_size, config.out_channels, **kw)
+        self.proj_in = PatchEmbed(config.in_channels, dim, config.patch_size, **sub)
+        self.final_layer = FinalLayer(dim, config.patch_size, config.out_channels, **sub)
         self.rope = RopeCache(config.attention_head_dim, config.rope_theta)
 
     @property
     def dtype(self) -> torch.dtype:
-        """The weights' dtype, which is also the activation dtype."""
-        return self.proj_in.early_conv_layers[0].weight.dtype
+        """The activation dtype: ``compute_dtype`` if set, else the weights' dtype."""
+        return self.compute_dtype or self.proj_in.early_conv_layers[0].weight.dtype
 
     # -- ERG hook points --------------------------------------------------------------------
     def attention_modules(self):
@@ -226,9 +297,11 @@ class AceStepTransformer(nn.Module):
         return [(block.attn, block.cross_attn) for block in self.transformer_blocks]
 
     # -- conditioning -----------------------------------------------------------------------
-    def encode_lyrics(self, lyric_token_idx: torch.Tensor, lyric_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids [B, L] -> [B, L, inner_dim]."""
-        embeddings = self.lyric_embs(lyric_token_idx.to(self.lyric_embs.weight.device))
+    def encode_lyrics(self, lyric_token_idx: torch.Tensor, lyric_mask: torch.Tensor | None = None,
+                      device=None) -> torch.Tensor:
+        """Token ids [B, L] -> [B, L, inner_dim], computed on ``device`` (default: the ids')."""
+        ids = lyric_token_idx if device is None else lyric_token_idx.to(device)
+        embeddings = self.lyric_embs(ids).to(self.dtype)   # a manual-cast Embedding keeps 16-bit weights' dtype
         return self.lyric_proj(self.lyric_encoder(embeddings, lyric_mask))
 
     def encode(self, text_hidden_states: torch.Tensor, text_attention_mask: torch.Tensor | None = None,
@@ -248,12 +321,13 @@ class AceStepTransformer(nn.Module):
         batch, device = text.shape[0], text.device
 
         if speaker_embeds is None:
-            speaker = self.speaker_embedder.bias.to(dtype).expand(batch, 1, -1)  # Linear(0) == bias
+            _, bias = layer_ops.cast_weight_bias(self.speaker_embedder, text)
+            speaker = bias.expand(batch, 1, -1)                                   # Linear(0) == bias
         else:
             speaker = self.speaker_embedder(speaker_embeds.to(device, dtype)).unsqueeze(1).expand(batch, -1, -1)
         parts = [speaker, text]
         if lyric_token_idx is not None:
-            lyrics = self.encode_lyrics(lyric_token_idx, lyric_mask)
+            lyrics = self.encode_lyrics(lyric_token_idx, lyric_mask, device)
             if not _is_one(lyrics_strength):
                 lyrics = lyrics * lyrics_strength
             parts.append(lyrics.expand(batch, -1, -1))
@@ -284,10 +358,15 @@ class AceStepTransformer(nn.Module):
 
     def decode(self, x: torch.Tensor, timestep, context: torch.Tensor, context_mask: torch.Tensor | None = None,
                attention_mask: torch.Tensor | None = None, output_length: int | None = None,
-               controlnet_hidden_states: torch.Tensor | None = None, controlnet_scale=1.0) -> torch.Tensor:
-        """Velocity [B, C_out, 16, output_length] (default: x's width) in the weights' dtype.
+               controlnet_hidden_states: torch.Tensor | None = None, controlnet_scale=1.0,
+               transformer_options: dict | None = None) -> torch.Tensor:
+        """Velocity [B, C_out, 16, output_length] (default: x's width) in the activation dtype.
 
         ``timestep`` [B] (or a scalar) is 1000 * sigma; ``attention_mask`` [B, T] marks real frames.
+        ``transformer_options`` (ComfyUI's) reaches every block, with ``block`` / ``block_index``
+        set for it; ``patches_replace["dit"][("double_block", i)]`` replaces block i (called
+        with ``{"img", "txt", "vec", "pe", "transformer_options"}`` and ``{"original_block"}``,
+        returning ``{"img": ...}``, as ComfyUI's DiTs do).
         """
         dtype = self.dtype
         x = x.to(dtype)
@@ -304,21 +383,46 @@ class AceStepTransformer(nn.Module):
 
         rope_x = self.rope(h.shape[1], h.device, dtype)
         rope_context = self.rope(context.shape[1], h.device, dtype)
-        for block in self.transformer_blocks:
-            h = block(h, temb, context, rope_x, rope_context, attention_mask, context_mask)
+        options = {} if transformer_options is None else transformer_options
+        replacements = options.get("patches_replace", {}).get("dit", {})
+        for index, block in enumerate(self.transformer_blocks):
+            options["block"], options["block_index"], options["block_type"] = (BLOCK_NAME, index), index, "double"
+            replace = replacements.get((BLOCK_NAME, index))
+            if replace is None:
+                h = block(h, temb, context, rope_x, rope_context, attention_mask, context_mask, options)
+                continue
+
+            def original_block(args, block=block):
+                img = block(args["img"], args["vec"], args["txt"], args["pe"], rope_context, attention_mask,
+                            context_mask, args["transformer_options"])
+                return {"img": img}
+            h = replace({"img": h, "txt": context, "vec": temb, "pe": rope_x, "transformer_options": options},
+                        {"original_block": original_block})["img"]
+        for key in ("block", "block_index", "block_type"):
+            options.pop(key, None)
 
         y = self.final_layer(h, embedded_timestep)
         return self.unpatchify(y, x.shape[-1] if output_length is None else output_length)
 
     def forward(self, x: torch.Tensor, timestep, attention_mask=None, context: torch.Tensor | None = None,
                 text_attention_mask=None, speaker_embeds=None, lyric_token_idx=None, lyric_mask=None,
-                block_controlnet_hidden_states=None, controlnet_scale=1.0, lyrics_strength=1.0, **kwargs):
-        """ComfyUI's call: ``context`` = UMT5 hidden states; other keywords (``transformer_options``,
-        ``control``, ...) are accepted and ignored."""
+                block_controlnet_hidden_states=None, controlnet_scale=1.0, lyrics_strength=1.0,
+                transformer_options: dict | None = None, **kwargs):
+        """ComfyUI's call: ``context`` = UMT5 hidden states, ``transformer_options`` handed to
+        every block (see ``decode``); other keywords (``control``, ...) are accepted and ignored."""
+        return self._forward(x, timestep, attention_mask, context, text_attention_mask, speaker_embeds,
+                             lyric_token_idx, lyric_mask, block_controlnet_hidden_states, controlnet_scale,
+                             lyrics_strength, transformer_options)
+
+    def _forward(self, x, timestep, attention_mask=None, context=None, text_attention_mask=None,
+                 speaker_embeds=None, lyric_token_idx=None, lyric_mask=None, block_controlnet_hidden_states=None,
+                 controlnet_scale=1.0, lyrics_strength=1.0, transformer_options=None):
+        """The model itself; ``forward`` calls it (the ComfyUI bridge runs it through ComfyUI's
+        DIFFUSION_MODEL wrappers first)."""
         ctx, ctx_mask = self.encode(context, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask,
                                     lyrics_strength)
         return self.decode(x, timestep, ctx, ctx_mask, attention_mask, x.shape[-1],
-                           block_controlnet_hidden_states, controlnet_scale)
+                           block_controlnet_hidden_states, controlnet_scale, transformer_options)
 
 
 # ---------------------------------------------------------------------------------------------

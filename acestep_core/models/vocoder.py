@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as layer_ops
 from ..config import ConfigError, VocoderConfig
 from .mel import LogMelSpectrogram
 
@@ -45,43 +46,45 @@ class ChannelsFirstLayerNorm(nn.Module):
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + LN_EPS)
-        return self.weight.to(x.dtype)[:, None] * x + self.bias.to(x.dtype)[:, None]
+        return layer_ops.cast_like(self.weight, x)[:, None] * x + layer_ops.cast_like(self.bias, x)[:, None]
 
 
 class ConvNeXtBlock(nn.Module):
     """x + gamma * MLP(LayerNorm(depthwise_conv(x))), the MLP acting per frame on channels."""
 
-    def __init__(self, dim: int, kernel_size: int, device=None, dtype=None):
+    def __init__(self, dim: int, kernel_size: int, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
-        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim, **kw)
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS, **kw)
-        self.pwconv1 = nn.Linear(dim, CONVNEXT_MLP_RATIO * dim, **kw)
-        self.pwconv2 = nn.Linear(CONVNEXT_MLP_RATIO * dim, dim, **kw)
+        self.dwconv = ops.Conv1d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim, **kw)
+        self.norm = ops.LayerNorm(dim, eps=LN_EPS, **kw)
+        self.pwconv1 = ops.Linear(dim, CONVNEXT_MLP_RATIO * dim, **kw)
+        self.pwconv2 = ops.Linear(CONVNEXT_MLP_RATIO * dim, dim, **kw)
         self.gamma = nn.Parameter(torch.empty(dim, **kw))   # layer scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dwconv(x).transpose(1, 2)                     # [N, L, C]
         h = self.pwconv2(F.gelu(self.pwconv1(self.norm(h))))
-        return x + (self.gamma.to(h.dtype) * h).transpose(1, 2)
+        return x + (layer_ops.cast_like(self.gamma, h) * h).transpose(1, 2)
 
 
 class ConvNeXtEncoder(nn.Module):
-    def __init__(self, config: VocoderConfig, device=None, dtype=None):
+    def __init__(self, config: VocoderConfig, device=None, dtype=None, operations=None):
         super().__init__()
+        ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
         dims = config.dims
         # channel_layers[s] changes the width before stage s: a stem conv for s = 0, then
         # LayerNorm + 1x1 conv between stages.
         stem = nn.Sequential(
-            nn.Conv1d(config.input_channels, dims[0], 7, padding=3, padding_mode="replicate", **kw),
+            ops.Conv1d(config.input_channels, dims[0], 7, padding=3, padding_mode="replicate", **kw),
             ChannelsFirstLayerNorm(dims[0], **kw))
-        transitions = [nn.Sequential(ChannelsFirstLayerNorm(dims[s - 1], **kw), nn.Conv1d(dims[s - 1], dims[s], 1, **kw))
+        transitions = [nn.Sequential(ChannelsFirstLayerNorm(dims[s - 1], **kw), ops.Conv1d(dims[s - 1], dims[s], 1, **kw))
                        for s in range(1, len(dims))]
         self.channel_layers = nn.ModuleList([stem] + transitions)
         (kernel,) = config.kernel_sizes
         self.stages = nn.ModuleList(
-            nn.Sequential(*[ConvNeXtBlock(d, kernel, **kw) for _ in range(depth)])
+            nn.Sequential(*[ConvNeXtBlock(d, kernel, **kw, operations=operations) for _ in range(depth)])
             for d, depth in zip(dims, config.depths))
         self.norm = ChannelsFirstLayerNorm(dims[-1], **kw)
 
@@ -97,7 +100,7 @@ class ConvNeXtEncoder(nn.Module):
 def weight_norm_weight(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """W = g * v / ||v||, the norm of v taken over every axis except 0 (per slice v[i])."""
     norm = torch.linalg.vector_norm(v.float(), dim=tuple(range(1, v.ndim)), keepdim=True)
-    return (v.float() * (g.float() / norm)).to(v.dtype)
+    return v.float() * (g.float() / norm)
 
 
 class WNConv1d(nn.Module):
@@ -111,8 +114,8 @@ class WNConv1d(nn.Module):
         self.bias = nn.Parameter(torch.empty(c_out, **kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = weight_norm_weight(self.weight_g, self.weight_v).to(x.dtype)
-        return F.conv1d(x, w, self.bias.to(x.dtype), padding=self.padding, dilation=self.dilation)
+        w = layer_ops.cast_like(weight_norm_weight(self.weight_g, self.weight_v), x)
+        return F.conv1d(x, w, layer_ops.cast_like(self.bias, x), padding=self.padding, dilation=self.dilation)
 
 
 class WNConvTranspose1d(nn.Module):
@@ -128,8 +131,8 @@ class WNConvTranspose1d(nn.Module):
         self.bias = nn.Parameter(torch.empty(c_out, **kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = weight_norm_weight(self.weight_g, self.weight_v).to(x.dtype)
-        return F.conv_transpose1d(x, w, self.bias.to(x.dtype), stride=self.stride, padding=self.padding)
+        w = layer_ops.cast_like(weight_norm_weight(self.weight_g, self.weight_v), x)
+        return F.conv_transpose1d(x, w, layer_ops.cast_like(self.bias, x), stride=self.stride, padding=self.padding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +189,7 @@ class Vocoder(nn.Module):
     # Buffers that are functions of the config: a checkpoint may omit them.
     recomputable_buffers = ("mel_transform.spectrogram.window", "mel_transform.mel_scale.fb")
 
-    def __init__(self, config: VocoderConfig, device=None, dtype=None):
+    def __init__(self, config: VocoderConfig, device=None, dtype=None, operations=None):
         super().__init__()
         if math.prod(config.upsample_rates) != config.hop_length:
             raise ConfigError(f"vocoder upsample rates {config.upsample_rates} do not multiply to the hop "
@@ -194,7 +197,8 @@ class Vocoder(nn.Module):
         if config.dims[-1] != config.num_mels:
             raise ConfigError(f"vocoder: backbone width {config.dims[-1]} != head input {config.num_mels}")
         self.config = config
-        self.backbone = ConvNeXtEncoder(config, device=device, dtype=dtype)
+        self.compute_dtype: torch.dtype | None = None   # see AceStepTransformer
+        self.backbone = ConvNeXtEncoder(config, device=device, dtype=dtype, operations=operations)
         self.head = HiFiGANHead(config, device=device, dtype=dtype)
         # The front end always keeps its buffers in float32 (dtype is not passed on).
         self.mel_transform = LogMelSpectrogram(config.sampling_rate, config.n_fft, config.win_length,
@@ -203,7 +207,8 @@ class Vocoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.head.conv_pre.weight_v.dtype
+        """The activation dtype: ``compute_dtype`` if set, else the weights' dtype."""
+        return self.compute_dtype or self.head.conv_pre.weight_v.dtype
 
     def materialize_buffers(self, device=None) -> None:
         """(Re)compute the window and filterbank in float32 when they are missing (still on the

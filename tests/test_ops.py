@@ -1,0 +1,145 @@
+"""The layer factory: every acestep_core model builds its layers from ``operations`` and reads
+weights only through ``cast_weight_bias`` / ``cast_like``, so operations that keep 16-bit weights
+and cast them at use give the same numbers as a float32 model."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from acestep_core import ops
+from acestep_core.models.dcae import DCAE
+from acestep_core.models.text_encoder import TextEncoder
+from acestep_core.models.transformer import AceStepTransformer
+from acestep_core.models.vocoder import Vocoder
+from acestep_core.testing import tiny_config
+
+LAYERS = ("Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "LayerNorm", "GroupNorm",
+          "Embedding", "RMSNorm")
+
+
+def _cast_at_use_ops():
+    """Operations whose layers keep their weights as stored and cast them to the input's dtype
+    and device at each call (what ComfyUI's manual-cast operations do), counting the calls."""
+    calls = {"forward": 0, "served": 0}
+
+    def make(base):
+        class Layer(base):
+            def acestep_cast_weight_bias(self, like, dtype):
+                calls["served"] += 1
+                bias = getattr(self, "bias", None)
+                return (self.weight.to(like.device, dtype),
+                        None if bias is None else bias.to(like.device, dtype))
+
+            def forward(self, x, *args, **kwargs):
+                calls["forward"] += 1
+                if base is nn.Embedding:
+                    return nn.functional.embedding(x, self.weight.to(x.device))
+                weight, bias = self.acestep_cast_weight_bias(x, x.dtype)
+                saved = self._parameters["weight"], self._parameters.get("bias")
+                try:   # run the parent's math with the cast tensors
+                    self._parameters["weight"] = weight
+                    if bias is not None:
+                        self._parameters["bias"] = bias
+                    return super().forward(x, *args, **kwargs)
+                finally:
+                    self._parameters["weight"] = saved[0]
+                    if saved[1] is not None:
+                        self._parameters["bias"] = saved[1]
+        Layer.__name__ = "CastAtUse" + base.__name__
+        return Layer
+
+    namespace = SimpleNamespace(**{name: make(getattr(ops.torch_ops, name)) for name in LAYERS})
+    return namespace, calls
+
+
+def _build(cls, config, operations=None, dtype=torch.float32, seed=0):
+    module = cls(config, operations=operations, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_((torch.randn(p.shape, generator=gen) * 0.05).to(p.dtype))
+    # As loaded (acestep_core.loading, ComfyUI): F.linear takes another CPU kernel for a weight
+    # that requires grad, which changes the last bits.
+    return module.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("cls,part", [(AceStepTransformer, "transformer"), (DCAE, "dcae"),
+                                      (Vocoder, "vocoder"), (TextEncoder, "text_encoder")])
+def test_every_layer_comes_from_operations(cls, part):
+    namespace, _ = _cast_at_use_ops()
+    with torch.device("meta"):
+        module = cls(getattr(tiny_config(), part), operations=namespace)
+    plain = [name for name, m in module.named_modules()
+             if type(m) in tuple(getattr(ops.torch_ops, n) for n in LAYERS)]
+    assert not plain, f"{cls.__name__} builds plain torch layers, not from operations: {plain[:5]}"
+    built = [m for m in module.modules() if type(m).__name__.startswith("CastAtUse")]
+    assert built
+
+
+def test_transformer_16bit_weights_cast_at_use_equal_float32_model():
+    """bf16 weights held as bf16 and cast per layer to float32 == the same bf16 values loaded as a
+    float32 model: the same arithmetic, bit for bit."""
+    config = tiny_config().transformer
+    namespace, calls = _cast_at_use_ops()
+    reference = _build(AceStepTransformer, config)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(p.to(torch.bfloat16).float())          # values a bf16 file holds
+    stored = AceStepTransformer(config, operations=namespace, dtype=torch.bfloat16,
+                                compute_dtype=torch.float32)
+    stored.load_state_dict({k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()})
+    stored.eval().requires_grad_(False)
+    assert stored.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in stored.parameters())
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 8, 16, 20, generator=gen)
+    context = torch.randn(2, 7, config.text_embedding_dim, generator=gen)
+    lyrics = torch.randint(0, config.lyric_encoder_vocab_size, (1, 9), generator=gen)
+    with torch.no_grad():
+        want = reference(x, torch.tensor([500.0, 20.0]), context=context, lyric_token_idx=lyrics)
+        got = stored(x, torch.tensor([500.0, 20.0]), context=context, lyric_token_idx=lyrics)
+    assert got.dtype == torch.float32
+    assert calls["served"] > 0 and calls["forward"] > 0
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls,part", [(DCAE, "dcae"), (Vocoder, "vocoder")])
+def test_codec_16bit_weights_cast_at_use_equal_float32_model(cls, part):
+    config = getattr(tiny_config(), part)
+    namespace, _ = _cast_at_use_ops()
+    reference = _build(cls, config)
+    state = {k: (v.to(torch.bfloat16) if v.is_floating_point() and not k.startswith("mel_transform") else v)
+             for k, v in reference.state_dict().items()}
+    reference.load_state_dict({k: v.float() for k, v in state.items()})
+    stored = cls(config, operations=namespace, dtype=torch.bfloat16)
+    stored.load_state_dict(state)
+    stored.compute_dtype = torch.float32
+    stored.eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        if cls is DCAE:
+            z = torch.randn(1, 8, 16, 6, generator=gen)
+            want, got = reference.decode(z), stored.decode(z.to(stored.dtype))
+        else:
+            mel = torch.randn(2, config.input_channels, 12, generator=gen)
+            want, got = reference.decode(mel), stored.decode(mel)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_cast_weight_bias_serves_from_layer_or_moves_parameters():
+    layer = nn.Linear(3, 2).to(torch.bfloat16)
+    x = torch.zeros(1, 3)
+    weight, bias = ops.cast_weight_bias(layer, x)
+    assert weight.dtype == bias.dtype == torch.float32
+    torch.testing.assert_close(weight, layer.weight.float())
+    layer.acestep_cast_weight_bias = lambda like, dtype: ("w", "b")
+    assert ops.cast_weight_bias(layer, x) == ("w", "b")
+    table = torch.ones(2, dtype=torch.bfloat16)
+    assert ops.cast_like(table, x).dtype == torch.float32
+    same = torch.ones(2)
+    assert ops.cast_like(same, x) is same
