@@ -53,7 +53,14 @@ def sliding_window_mask(length: int, window: int, device) -> torch.Tensor:
 # Layers
 # ---------------------------------------------------------------------------------------------
 class SwiGLU(nn.Module):
-    """``down(silu(gate(x)) * up(x))``, no biases (ComfyUI ``MLP``; official ``Qwen3MLP``)."""
+    """``down(silu(gate(x)) * up(x))``, no biases (ComfyUI ``MLP``; official ``Qwen3MLP``).
+
+    Memory path: long inputs go through in blocks of :attr:`rows_per_block` tokens, so the two
+    ``[tokens, intermediate]`` temporaries stay small (the MLP acts on each token independently,
+    so the result is the same).
+    """
+
+    rows_per_block = 512
 
     def __init__(self, hidden_size: int, intermediate_size: int, operations=None, dtype=None, device=None):
         super().__init__()
@@ -62,8 +69,20 @@ class SwiGLU(nn.Module):
         self.up_proj = ops.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype, device=device)
         self.down_proj = ops.Linear(intermediate_size, hidden_size, bias=False, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= self.rows_per_block:
+            return self._mlp(x)
+        out = None
+        for start in range(0, rows.shape[0], self.rows_per_block):
+            block = self._mlp(rows[start:start + self.rows_per_block])
+            if out is None:
+                out = block.new_empty(rows.shape[0], block.shape[-1])
+            out[start:start + block.shape[0]] = block
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class Attention(nn.Module):

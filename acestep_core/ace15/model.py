@@ -7,6 +7,7 @@ the conditions come from ``comfy/model_base.py``, ``ACEStep15.extra_conds``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -29,8 +30,48 @@ class Ace15Model(nn.Module):
         self.detokenizer = AudioDetokenizer(config.tokenizer, operations=operations, dtype=dtype, device=device)
         # Replaces the whole packed condition sequence for the unconditional (CFG) pass.
         self.null_condition_emb = nn.Parameter(torch.empty(1, 1, config.encoder.hidden_size, dtype=dtype, device=device))
+        self._reused, self._reuse_limit = None, 0   # see reuse_conditions()
 
     # -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reuse_conditions(self, entries: int = 4):
+        """Within this block, a call whose condition inputs (caption, lyrics, references, codes)
+        equal those of an earlier call reuses that call's encoded condition and audio hints instead
+        of recomputing them: they do not depend on x or the timestep, so the steps of one sampling
+        run need them once (ComfyUI recomputes them at every step). Inputs are compared by value;
+        only the last ``entries`` results are kept, and nothing survives the block, so weights
+        patched between runs (LoRA) are always seen."""
+        outer = self._reused, self._reuse_limit
+        self._reused, self._reuse_limit = [], entries
+        try:
+            yield self
+        finally:
+            self._reused, self._reuse_limit = outer
+
+    def _reuse(self, kind: str, key: tuple, compute):
+        if self._reused is None:
+            return compute()
+        for entry_kind, entry_key, value in self._reused:
+            if entry_kind == kind and _same_inputs(entry_key, key):
+                return value
+        value = compute()
+        self._reused.append((kind, key, value))
+        del self._reused[:-self._reuse_limit]
+        return value
+
+    # -----------------------------------------------------------------------------------------
+    def null_condition(self, text_hidden_states, lyric_hidden_states, refer_audio_order_mask, timbre_batch_size=None):
+        """The unconditional condition: ``null_condition_emb`` at every position of a packed
+        sequence as long as the encoder's would be (lyric tokens + timbre slots + caption tokens),
+        without running the encoder (ComfyUI runs it, then overwrites every value:
+        ``enc_hidden[:] = null_condition_emb``)."""
+        order = refer_audio_order_mask.long()
+        batch = order.shape[0] if timbre_batch_size is None else timbre_batch_size
+        slots = int(torch.bincount(order, minlength=batch).max().item())
+        length = lyric_hidden_states.shape[1] + slots + text_hidden_states.shape[1]
+        null = self.null_condition_emb.to(device=text_hidden_states.device, dtype=text_hidden_states.dtype)
+        return null.expand(batch, length, null.shape[-1])
+
     def hints_from_audio_codes(self, audio_codes: torch.Tensor, frames: int, dtype: torch.dtype) -> torch.Tensor:
         """5 Hz audio codes ``[B, T5]`` (FSQ indices, e.g. from the 5 Hz LM) -> 25 Hz hints
         ``[B, 5*T5', 64]``. Too few codes for ``frames`` latent frames are padded with index
@@ -48,26 +89,40 @@ class Ace15Model(nn.Module):
 
     def prepare_condition(self, text_hidden_states, text_attention_mask, lyric_hidden_states, lyric_attention_mask,
                           refer_audio_packed, refer_audio_order_mask, src_latents, chunk_masks, is_covers,
-                          precomputed_lm_hints_25Hz=None, audio_codes=None, timbre_batch_size=None):
+                          precomputed_lm_hints_25Hz=None, audio_codes=None, timbre_batch_size=None,
+                          null_condition: bool = False):
         """Time-major inputs. Returns ``(condition [B, S, Henc], condition mask or None,
         context_latents [B, T, 128])``.
 
         The DiT's source latents: with ``is_covers`` None or True the "LM hints" (from
         ``precomputed_lm_hints_25Hz``, else from ``audio_codes``, else from tokenizing the reference
-        latents), with ``is_covers`` False the ``src_latents`` given.
+        latents), with ``is_covers`` False the ``src_latents`` given. ``null_condition``: the
+        unconditional (CFG) pass, whose condition is the null embedding at every position of the
+        packed sequence (ComfyUI ``replace_with_null_embeds``).
         """
-        condition, condition_mask = self.encoder(
-            text_hidden_states, text_attention_mask, lyric_hidden_states, lyric_attention_mask,
-            refer_audio_packed, refer_audio_order_mask, timbre_batch_size)
+        if null_condition:
+            condition, condition_mask = self.null_condition(
+                text_hidden_states, lyric_hidden_states, refer_audio_order_mask, timbre_batch_size), None
+        else:
+            condition, condition_mask = self._reuse(
+                "condition",
+                (text_hidden_states, text_attention_mask, lyric_hidden_states, lyric_attention_mask,
+                 refer_audio_packed, refer_audio_order_mask, timbre_batch_size),
+                lambda: self.encoder(text_hidden_states, text_attention_mask, lyric_hidden_states,
+                                     lyric_attention_mask, refer_audio_packed, refer_audio_order_mask,
+                                     timbre_batch_size))
 
         frames = src_latents.shape[1]
         if is_covers is None or is_covers is True:
             if precomputed_lm_hints_25Hz is not None:
                 hints = precomputed_lm_hints_25Hz
             elif audio_codes is not None:
-                hints = self.hints_from_audio_codes(audio_codes, frames, text_hidden_states.dtype)
+                dtype = text_hidden_states.dtype
+                hints = self._reuse("code hints", (audio_codes, frames, dtype),
+                                    lambda: self.hints_from_audio_codes(audio_codes, frames, dtype))
             else:
-                hints = self.hints_from_latents(refer_audio_packed)
+                hints = self._reuse("latent hints", (refer_audio_packed,),
+                                    lambda: self.hints_from_latents(refer_audio_packed))
             src_latents = hints[:, :frames, :]
             if src_latents.shape[1] != frames:
                 raise ValueError(f"the audio hints cover {src_latents.shape[1]} latent frames, the latent has {frames}: "
@@ -114,9 +169,25 @@ class Ace15Model(nn.Module):
 
         condition, _, context_latents = self.prepare_condition(
             context, None, lyric_embed, None, refer_packed, refer_audio_order_mask, src_latents, chunk_masks,
-            is_covers, precomputed_lm_hints_25Hz=precomputed_lm_hints_25Hz, audio_codes=audio_codes)
-        if replace_with_null_embeds:
-            condition = self.null_condition_emb.to(condition).expand_as(condition)
+            is_covers, precomputed_lm_hints_25Hz=precomputed_lm_hints_25Hz, audio_codes=audio_codes,
+            null_condition=replace_with_null_embeds)
 
         out = self.decoder(x, timestep, timestep, condition, context_latents)
         return out.movedim(-1, -2)
+
+
+def _same_inputs(a: tuple, b: tuple) -> bool:
+    """Element-wise equality of two argument tuples: tensors by shape, dtype, device and value."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+                return False
+            if x is y:
+                continue
+            if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device or not torch.equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True

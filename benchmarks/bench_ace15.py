@@ -1,0 +1,181 @@
+"""ACE-Step 1.5: one sampler step of our generation model vs ComfyUI 0.20.1's, on identical random
+weights, in one run.
+
+    python benchmarks/bench_ace15.py [--config 2b|xl|mid] [--dtypes fp32 bf16] [--frames 750] [--steps 3]
+        [--comfyui /work/comfy020/ComfyUI] [--comfy-python /work/comfy020/venv/bin/python]
+
+A "step" is what the sampler calls once per denoising step: the model's forward with the caption
+hidden states, lyric embeddings and reference latents (ComfyUI ``AceStepConditionGenerationModel.
+forward``; text2music without audio codes, so the reference is the silence stand-in and
+``is_covers`` is False, as ``comfy/model_base.py`` ``ACEStep15.extra_conds`` sets it). Rows:
+
+- ``first step``: the first call (ComfyUI does the same work at every step);
+- ``later steps``: the median of the next ``--steps - 1`` calls with the same conditions, as in a
+  sampler (ours reuses the condition encoding, which does not depend on the step);
+- ``decoder only``: the DiT alone on a prepared condition (same inputs for both).
+
+Each implementation runs in its own subprocess: ours with this Python, ComfyUI's with
+``--comfy-python`` on the ComfyUI 0.20.1 tree ``--comfyui`` (defaults: COMFYUI_PYTHON /
+COMFYUI_DIR). Peak memory is measured as in benchmarks/bench_core.py: the rise of the peak
+resident set over the resident set before the first call (weights excluded), glibc's mmap
+threshold pinned at 128 KiB. Weights are filled per tensor name from a fixed seed, so both sides
+hold identical values; the velocity checksums printed must agree.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "scripts"), str(REPO)]
+
+from bench_core import _fill_deterministic, _measure, _reset_peak, _status_kib  # noqa: E402
+
+
+def _config(name: str):
+    from acestep_core.ace15.config import Ace15Config, DiTConfig, released_2b, released_xl
+    if name == "2b":
+        return released_2b()
+    if name == "xl":
+        return released_xl()
+    # a quick mid-size: 6 DiT layers at the real widths, real encoders
+    return Ace15Config(dit=DiTConfig(num_layers=6))
+
+
+def worker(impl: str, config_name: str, dtype_name: str, frames: int, steps: int, comfyui: str) -> dict:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    config = _config(config_name)
+    if impl == "ours":
+        from acestep_core.ace15 import Ace15Model
+        model = Ace15Model(config, dtype=dtype)
+    else:
+        from make_ace15_manifest import comfy_kwargs, import_comfy_ace15
+        comfy_ops, ace_step15 = import_comfy_ace15(Path(comfyui))
+        model = ace_step15.AceStepConditionGenerationModel(
+            **comfy_kwargs(config), dtype=dtype, device="cpu", operations=comfy_ops.disable_weight_init)
+    _fill_deterministic(model, 1515)
+    model.eval().requires_grad_(False)
+
+    gen = torch.Generator().manual_seed(0)
+    text_dim = config.encoder.text_hidden_dim
+    x = torch.randn(1, 64, frames, generator=gen).to(dtype)
+    t = torch.tensor([0.6]).to(dtype)
+    context = torch.randn(1, 64, text_dim, generator=gen).to(dtype)
+    lyrics = (torch.randn(1, 200, text_dim, generator=gen) * 0.05).to(dtype)
+    refer = torch.randn(1, 64, frames, generator=gen).to(dtype)
+    out = {}
+
+    def step():
+        with torch.no_grad():
+            out["v"] = model(x, t, context, lyric_embed=lyrics, refer_audio=refer, is_covers=False)
+
+    # ours: the conditions of one sampling run are encoded once (Ace15Model.reuse_conditions)
+    reuse = model.reuse_conditions() if impl == "ours" else contextlib.nullcontext()
+    reuse.__enter__()
+    rss_before = _status_kib("VmRSS")
+    _reset_peak()
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    peak = (_status_kib("VmHWM") - rss_before) / 1024
+    later = []
+    for _ in range(steps - 1):
+        t0 = time.perf_counter()
+        step()
+        later.append(time.perf_counter() - t0)
+    reuse.__exit__(None, None, None)
+    velocity = out["v"].float()
+
+    # the DiT alone, on the same prepared condition
+    with torch.no_grad():
+        hidden = x.movedim(-1, -2)
+        condition = torch.randn(1, 200 + 1 + 64, config.encoder.hidden_size, generator=gen).to(dtype)
+        context_latents = torch.cat([refer.movedim(-1, -2), torch.ones_like(hidden)], dim=-1)
+    if impl == "ours":
+        decoder = lambda: model.decoder(hidden, t, t, condition, context_latents)  # noqa: E731
+    else:
+        decoder = lambda: model.decoder(hidden_states=hidden, timestep=t, timestep_r=t, attention_mask=None,  # noqa: E731
+                                        encoder_hidden_states=condition, encoder_attention_mask=None,
+                                        context_latents=context_latents)
+    dec = {}
+
+    def decoder_step():
+        with torch.no_grad():
+            dec["v"] = decoder()
+
+    decoder_seconds, decoder_peak = _measure(decoder_step, max(1, steps - 1))
+    return {"first": first, "later": statistics.median(later) if later else None, "peak_mib": peak,
+            "decoder": decoder_seconds, "decoder_peak_mib": decoder_peak,
+            "checksum": float(velocity.abs().mean()), "decoder_checksum": float(dec["v"].float().abs().mean()),
+            "finite": bool(torch.isfinite(velocity).all())}
+
+
+def run_worker(python: str, spec: dict) -> dict:
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([python, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:] if proc.stderr.strip() else [f"exit {proc.returncode}"]
+        return {"error": " / ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--config", default="2b", choices=["2b", "xl", "mid"])
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["fp32", "bf16"])
+    ap.add_argument("--frames", type=int, default=750, help="latent frames (750 = 30 s)")
+    ap.add_argument("--steps", type=int, default=3, help="calls per measurement (the first + later ones)")
+    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR", "/work/comfy020/ComfyUI"),
+                    help="ComfyUI 0.20.1 source tree")
+    ap.add_argument("--comfy-python", default=os.environ.get("COMFYUI_PYTHON", "/work/comfy020/venv/bin/python"))
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(worker(**spec)))
+        return 0
+
+    import platform
+
+    import torch
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} (ours), "
+          f"threads {torch.get_num_threads()}; ComfyUI tree {args.comfyui}")
+    print(f"config {args.config}, {args.frames} latent frames, batch 1, text2music step (is_covers False)\n")
+    print("| measurement | ours | ComfyUI 0.20.1 | ratio |")
+    print("|---|---|---|---|")
+    for dtype in args.dtypes:
+        spec = dict(config_name=args.config, dtype_name=dtype, frames=args.frames, steps=args.steps,
+                    comfyui=args.comfyui)
+        ours = run_worker(sys.executable, {"impl": "ours", **spec})
+        theirs = run_worker(args.comfy_python, {"impl": "comfy", **spec})
+        if "error" in ours or "error" in theirs:
+            print(f"| {dtype} | {ours.get('error', 'ok')} | {theirs.get('error', 'ok')} | |", flush=True)
+            continue
+        rows = [("first step", "first", "s"), ("later steps (median)", "later", "s"), ("step peak", "peak_mib", "MiB"),
+                ("decoder only", "decoder", "s"), ("decoder peak", "decoder_peak_mib", "MiB")]
+        for label, key, unit in rows:
+            a, b = ours[key], theirs[key]
+            if a is None or b is None:
+                continue
+            fmt = "{:.2f} s" if unit == "s" else "{:.0f} MiB"
+            print(f"| {args.config} {dtype} {label} | {fmt.format(a)} | {fmt.format(b)} | {a / max(b, 1e-9):.2f}x |",
+                  flush=True)
+        print(f"| {args.config} {dtype} checksum step / decoder | {ours['checksum']:.5f} / {ours['decoder_checksum']:.5f}"
+              f" | {theirs['checksum']:.5f} / {theirs['decoder_checksum']:.5f} | |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
