@@ -47,6 +47,8 @@ import comfy.utils
 from acestep_core.codec import CPU_WINDOW_BUDGET, DEFAULT_OVERLAP_FRAMES, window_frames_for_budget
 from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLES_PER_FRAME
 
+from .notices import warn_user
+
 log = logging.getLogger("comfyui-acestep")
 
 FLOW_SHIFT = 3.0                 # the released model's sampling shift (ComfyUI: sampling_settings)
@@ -349,9 +351,18 @@ class AceStepTokenizer:
         return [[(int(i), 1.0) for i in ids]]
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, lyrics: str = "", **kwargs):
-        tag_ids = list(self.tag_tokenizer.encode(text or ""))
-        lyric_ids, lyric_mask = self.lyric_tokenizer.encode_with_mask(lyrics or "")
-        lyric_ids, lyric_mask = list(lyric_ids), [int(m) for m in lyric_mask]
+        # Both texts are cut at the model's limits (tags: 256 tokens, lyrics: 4096), saying so on
+        # the node and in the log: the lyric encoder's memory grows with the square of the length.
+        counted = getattr(self.tag_tokenizer, "encode_counted", None)
+        tag_ids, tags_cut = counted(text or "") if counted else (self.tag_tokenizer.encode(text or ""), 0)
+        lyric_encoding = self.lyric_tokenizer.encode_limited(lyrics or "")
+        warnings = [lyric_encoding.warning()]
+        if tags_cut:
+            warnings.append(self.tag_tokenizer.cut_warning(tags_cut, len(tag_ids) + tags_cut))
+        if any(warnings):
+            warn_user("\n".join(w for w in warnings if w))
+        tag_ids = list(tag_ids)
+        lyric_ids, lyric_mask = list(lyric_encoding.ids), [int(m) for m in lyric_encoding.mask]
         return {
             "umt5base": self._pairs(tag_ids, return_word_ids),
             "lyrics": self._pairs(lyric_ids, return_word_ids),

@@ -333,6 +333,49 @@ class ComfyServer:
         """Stop the prompt that is running now (what the frontend's Cancel button does)."""
         requests.post(self.url + "/interrupt", timeout=10).raise_for_status()
 
+    @contextlib.contextmanager
+    def listen(self, client_id: str | None = None) -> Iterator["ServerMessages"]:
+        """What the frontend of ``client_id`` is told while the block runs: the websocket's JSON
+        messages and the text ComfyUI shows on nodes (``progress_text``, binary type 3). Queue
+        prompts with ``client_id=messages.client_id``. Uses aiohttp, which ComfyUI needs anyway."""
+        import asyncio
+        import struct
+        import threading
+
+        messages = ServerMessages(client_id or str(uuid.uuid4()))
+        ready, stop = threading.Event(), threading.Event()
+        url = self.url.replace("http://", "ws://") + f"/ws?clientId={messages.client_id}"
+
+        async def receive():
+            import aiohttp
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url) as ws:
+                    ready.set()
+                    while not stop.is_set():
+                        try:
+                            msg = await ws.receive(timeout=0.2)
+                        except asyncio.TimeoutError:
+                            continue
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            messages.json.append(json.loads(msg.data))
+                        elif msg.type == aiohttp.WSMsgType.BINARY and len(msg.data) >= 8:
+                            (kind,) = struct.unpack(">I", msg.data[:4])
+                            if kind == 3:   # BinaryEventTypes.TEXT: node id length, node id, text
+                                (n,) = struct.unpack(">I", msg.data[4:8])
+                                messages.node_text.append((msg.data[8:8 + n].decode(), msg.data[8 + n:].decode()))
+                        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            break
+
+        thread = threading.Thread(target=lambda: asyncio.run(receive()), daemon=True)
+        thread.start()
+        if not ready.wait(30):
+            raise ServerError("could not open the websocket /ws of the server")
+        try:
+            yield messages
+        finally:
+            stop.set()
+            thread.join(10)
+
     def output_files(self, entry: dict) -> list[Path]:
         """Files that the prompt's output nodes saved (audio, images, ...), as local paths."""
         files = []
@@ -386,6 +429,18 @@ class ComfyServer:
         with self.browser() as ui:
             ui.load_workflow(workflow, drag_drop=False)
             return ui.graph_to_prompt()
+
+
+class ServerMessages:
+    """Messages one client received (see ComfyServer.listen)."""
+
+    def __init__(self, client_id: str):
+        self.client_id = client_id
+        self.json: list[dict] = []
+        self.node_text: list[tuple[str, str]] = []   # (node id, text shown on the node)
+
+    def text_on(self, node_id: str) -> str:
+        return "\n".join(text for node, text in self.node_text if node == str(node_id))
 
 
 def _workflow_text(workflow: dict | str | Path) -> tuple[str, str]:

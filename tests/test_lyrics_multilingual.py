@@ -191,8 +191,9 @@ def test_long_garbage_and_odd_code_points(tok):
         "control characters": "a\x1b[31mred\x07\x08\r\x0b\x0c\x1c\x85\u2028b",
     }
     for name, text in cases.items():
-        ids, mask = tok.encode_with_mask(text)
+        ids, mask = tok.encode_with_mask(text, limit=None)   # uncut: every line ends with 2
         assert ids[0] == 261 and ids[-1] == 2 and len(mask) == len(ids), name
+        assert len(tok.encode(text)) == min(len(ids), LYRIC_TOKEN_LIMIT), name
         assert all(0 <= i < 6693 for i in ids), name
     # One line: language from its start, normalised in pieces, noted for the preview.
     line = tok.tokenize_line(long_text)
@@ -215,10 +216,32 @@ def test_preview_counts_and_the_limit(tok):
     assert small.cut_tokens == len(ids) - 20 and small.over_limit
     assert 1 + sum(l.token_count for l in small.lines[:cut_line]) <= 20 < 1 + sum(
         l.token_count for l in small.lines[:cut_line + 1])
-    assert any(f"{small.cut_tokens} tokens from line {cut_line + 1}" in w for w in small.warnings)
+    assert any(f"the last {small.cut_tokens} tokens, from line {cut_line + 1} on" in w for w in small.warnings)
     table = small.format()
     assert "wo3men5yi4qi3zou3guo4chun1xia4qiu1dong1" in table and "beyond the limit" in table
     assert f"total {len(ids)} tokens of 20" in table
+
+
+def test_lyrics_past_the_limit_are_cut_where_the_original_cuts(tok):
+    """The model gets the first 4096 ids (the original's training loader: lyric_token_idx[:4096]),
+    never more, with a warning that names the total, the line of the cut and what to do."""
+    verse = ["[verse]", "Walking down the empty street tonight", "Every window shining like a star", ""]
+    lyrics = "\n".join(verse * 150)                                  # 600 lines, about 6,000 ids
+    whole = tok.encode(lyrics, limit=None)
+    assert len(whole) > LYRIC_TOKEN_LIMIT + 1000
+    cut = tok.encode_limited(lyrics)
+    assert cut.ids == whole[:LYRIC_TOKEN_LIMIT] and cut.mask == [1] * LYRIC_TOKEN_LIMIT
+    assert tok.encode(lyrics) == cut.ids and tok.encode_with_mask(lyrics) == (cut.ids, cut.mask)
+    assert cut.total_tokens == len(whole) and cut.cut_tokens == len(whole) - LYRIC_TOKEN_LIMIT
+    preview = tok.preview(lyrics)
+    assert cut.first_cut_line == preview.first_cut_line and preview.cut_tokens == cut.cut_tokens
+    warning = cut.warning()
+    assert f"{len(whole)} tokens, the model reads at most {LYRIC_TOKEN_LIMIT}" in warning
+    assert f"line {cut.first_cut_line + 1} of 600" in warning and f"last {cut.cut_tokens} tokens" in warning
+    assert "Shorten the lyrics" in warning
+    short = tok.encode_limited("[verse]\nla la")
+    assert short.warning() is None and short.cut_tokens == 0 and short.ids == tok.encode("[verse]\nla la", limit=None)
+    assert tok.encode_limited("").warning() is None
 
 
 # ---------------------------------------------------------------------------------------------

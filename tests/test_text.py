@@ -200,6 +200,11 @@ def test_tag_tokenizer_truncates_like_the_original(tiny_spiece):
     assert len(untruncated) > 256
     ids = TagTokenizer(tiny_spiece).encode(long_text)
     assert len(ids) == 256 and ids[-1] == 1 and ids[:255] == untruncated[:255]
+    counted, cut = TagTokenizer(tiny_spiece).encode_counted(long_text)
+    assert counted == ids and cut == len(untruncated) - 256
+    assert TagTokenizer(tiny_spiece).encode_counted("pop, piano") == (TagTokenizer(tiny_spiece).encode("pop, piano"), 0)
+    warning = TagTokenizer(tiny_spiece).cut_warning(cut, len(untruncated))
+    assert f"{len(untruncated)} tokens, the model reads at most 256" in warning and f"last {cut} are ignored" in warning
 
 
 def _tokenizer_json_from_spiece(spiece: bytes, path: Path) -> Path:

@@ -96,16 +96,17 @@ def repaint_mask(total_frames: int, start_seconds: float, end_seconds: float):
             return 0
         frame = total_frames if math.isinf(seconds) else seconds_to_frame(seconds)
         if frame > total_frames:
-            warnings.append(f"repaint {name} {seconds:g} s is past the end of the song ({song:.2f} s, "
-                            f"{total_frames} frames); using the end")
+            warnings.append(f"repaint {name} {seconds:g} s is past the end of the song ({song:.2f} s); "
+                            "using the end")
             return total_frames
         return frame
 
     start, end = clamp(start_seconds, "start"), clamp(end_seconds, "end")
     if start >= end:
-        raise ValueError(f"repaint region {start_seconds:g}-{end_seconds:g} s covers no frame of the "
-                         f"{song:.2f} s song (frames {start}..{end}); choose times inside 0-{song:.2f} s "
-                         "that are at least one frame (~0.093 s) apart")
+        where = (f"starts past the end of the song ({song:.2f} s)" if start >= total_frames
+                 else f"covers no frame of the {song:.2f} s song")
+        raise ValueError(f"repaint region {start_seconds:g}-{end_seconds:g} s {where}; choose times inside "
+                         f"0-{song:.2f} s that are at least one frame (~0.093 s) apart")
     mask = torch.zeros(total_frames, dtype=torch.float32)
     mask[start:end] = 1.0
     return mask, start, end, warnings

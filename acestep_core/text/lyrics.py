@@ -167,6 +167,31 @@ class LyricsPreview:
 
 LanguageDetector = Callable[[str], str]
 Normalizer = Callable[[str, str], str]
+@dataclass(frozen=True)
+class LyricIds:
+    """Lyric ids for the model (at most ``limit``) and how much of the lyrics did not fit."""
+
+    ids: list[int]
+    mask: list[int]
+    total_tokens: int            # ids the whole lyrics make, before the cut
+    limit: int | None
+    first_cut_line: int | None   # index of the first line reaching past the limit (None: it fits)
+    line_count: int
+
+    @property
+    def cut_tokens(self) -> int:
+        return self.total_tokens - len(self.ids)
+
+    def warning(self) -> str | None:
+        """What to tell the user when the lyrics were cut (None when they fit)."""
+        if not self.cut_tokens:
+            return None
+        return (f"lyrics too long: {self.total_tokens} tokens, the model reads at most {self.limit} (the "
+                f"longest lyrics ACE-Step was trained on). Cut in line {self.first_cut_line + 1} of "
+                f"{self.line_count}: the last {self.cut_tokens} tokens are ignored. Shorten the lyrics "
+                "(the lyric editor under the lyrics box shows where the limit falls).")
+
+
 _JAPANESE_NOTE = "romaji by pykakasi; the original app uses cutlet and may read it differently"
 
 
@@ -268,18 +293,36 @@ class LyricTokenizer:
     def tokenize_lines(self, lyrics: str) -> list[LyricLine]:
         return [self.tokenize_line(raw) for raw in lyrics.split("\n")]
 
-    def encode(self, lyrics: str) -> list[int]:
-        """Lyric ids: [261], then each line's ids followed by 2; "" -> [0]."""
-        return self.encode_with_mask(lyrics)[0]
+    def encode(self, lyrics: str, limit: int | None = LYRIC_TOKEN_LIMIT) -> list[int]:
+        """Lyric ids: [261], then each line's ids followed by 2, cut after ``limit`` ids; "" -> [0]."""
+        return self.encode_limited(lyrics, limit).ids
 
-    def encode_with_mask(self, lyrics: str) -> tuple[list[int], list[int]]:
+    def encode_with_mask(self, lyrics: str, limit: int | None = LYRIC_TOKEN_LIMIT) -> tuple[list[int], list[int]]:
         """(ids, mask). Empty lyrics give ([0], [0]): one masked "no lyrics" token, as the original."""
+        encoded = self.encode_limited(lyrics, limit)
+        return encoded.ids, encoded.mask
+
+    def encode_limited(self, lyrics: str, limit: int | None = LYRIC_TOKEN_LIMIT) -> "LyricIds":
+        """The ids the model reads, at most ``limit`` of them (None: no limit), and what was cut.
+
+        The cut keeps the first ``limit`` ids, as the original's training data loader does
+        (text2music_dataset.py: ``lyric_token_idx[:4096]``). The original's inference pipeline
+        does not cut at all, and its lyric encoder's attention then needs memory quadratic in the
+        length (100 KB of lyrics: about 60,000 ids, hundreds of GB), so nothing past the limit
+        may reach the model."""
         if len(lyrics) == 0:
-            return [NULL_ID], [0]
-        ids = [START_ID]
-        for line in self.tokenize_lines(lyrics):
+            return LyricIds(ids=[NULL_ID], mask=[0], total_tokens=1, limit=limit, first_cut_line=None, line_count=0)
+        lines = self.tokenize_lines(lyrics)
+        ids, first_cut = [START_ID], None
+        for index, line in enumerate(lines):
             ids += list(line.ids) + [SPACE_ID]
-        return ids, [1] * len(ids)
+            if first_cut is None and limit is not None and len(ids) > limit:
+                first_cut = index
+        total = len(ids)
+        if first_cut is not None:
+            del ids[limit:]
+        return LyricIds(ids=ids, mask=[1] * len(ids), total_tokens=total, limit=limit, first_cut_line=first_cut,
+                        line_count=len(lines))
 
     def preview(self, lyrics: str, limit: int = LYRIC_TOKEN_LIMIT) -> LyricsPreview:
         """Per-line records, the total id count and how much of it lies beyond ``limit``."""
@@ -295,8 +338,9 @@ class LyricTokenizer:
         cut = max(0, total - limit)
         warnings = [w for w in (detection_warning(), number_words_warning()) if w]
         if cut:
-            warnings.append(f"the lyrics are {total} tokens long; the model was trained on at most {limit}: "
-                            f"{cut} tokens from line {first_cut + 1} on are beyond that")
+            warnings.append(f"the lyrics are {total} tokens long; the model reads at most {limit} (the longest "
+                            f"lyrics it was trained on): the last {cut} tokens, from line {first_cut + 1} on, "
+                            "are cut off when it runs")
         unknown = sum(line.unknown_count for line in lines)
         if unknown:
             warnings.append(f"{unknown} character(s) are not in the lyric vocabulary and read as [UNK]")
@@ -310,7 +354,7 @@ class LyricTokenizer:
 
 
 __all__ = [
-    "LyricTokenizer", "LyricLine", "LyricsPreview", "SUPPORTED_LANGUAGES", "STRUCTURE_TAGS", "START_ID",
+    "LyricTokenizer", "LyricLine", "LyricsPreview", "LyricIds", "SUPPORTED_LANGUAGES", "STRUCTURE_TAGS", "START_ID",
     "SPACE_ID", "NULL_ID", "UNK_ID", "LYRIC_TOKEN_LIMIT", "clean_english", "clean_basic", "default_normalize",
     "default_detect_language", "canonical_language", "split_language_tag", "language_token", "normalize_line",
     "spell_cardinal", "spell_ordinal", "spell_float", "spell_money", "expand_english_numbers",

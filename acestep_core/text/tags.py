@@ -87,10 +87,20 @@ class TagTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one tags string: SentencePiece pieces, then the end id 1."""
+        return self.encode_counted(text)[0]
+
+    def encode_counted(self, text: str) -> tuple[list[int], int]:
+        """(ids as ``encode`` gives them, how many pieces the ``max_length`` cut dropped)."""
         ids = self._pieces(text)
+        total = len(ids) + 1
         if self.max_length is not None:
             ids = ids[: self.max_length - 1]  # keep room for the end id, as HF truncation does
-        return ids + [self.eos_id]
+        return ids + [self.eos_id], total - len(ids) - 1
+
+    def cut_warning(self, cut: int, total: int) -> str:
+        """What to tell the user when ``cut`` of the tags' ``total`` tokens were dropped."""
+        return (f"tags too long: {total} tokens, the model reads at most {self.max_length} (the original "
+                f"pipeline's tokenizer limit): the last {cut} are ignored. Shorten the tags.")
 
     def encode_with_mask(self, text: str) -> tuple[list[int], list[int]]:
         """(ids, mask); a single string is never padded, so the mask is all ones."""

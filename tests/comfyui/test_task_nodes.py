@@ -172,7 +172,7 @@ def test_repaint_mask_edges_name_the_frames(env):
 
 @pytest.mark.parametrize("start, end, message", [
     (5.0, 5.0, "before the end"),
-    (30.0, 40.0, "covers no frame"),
+    (30.0, 40.0, "starts past the end of the song"),
     (float("nan"), 1.0, "must be numbers"),
 ])
 def test_repaint_bad_ranges_are_clear_errors(env, start, end, message):
