@@ -101,12 +101,18 @@ fingerprint() {
   } | hash_of
 }
 
+# A font with Chinese and Japanese glyphs: without one the browser draws those lyrics as boxes in
+# the screenshots the tests take for the README (the tests themselves pass either way).
+have_cjk_font() {
+  command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list :lang=ja 2>/dev/null | head -n 1)" ]
+}
+
 # ---- fast path: nothing changed since the last complete run ---------------------------------
 # (Chromium is not part of the fingerprint: a run that skipped it leaves a stamp that a run
 # needing it accepts only once Chromium is found.)
 if [ -f "$STAMP" ] && [ -x "$PY" ] && [ -f "$COMFY/main.py" ] \
    && grep -qx "ACESTEP_ENV_KEY=$(fingerprint)" "$STAMP" \
-   && { [ "$WANT_BROWSER" = 0 ] || find_chromium >/dev/null; }; then
+   && { [ "$WANT_BROWSER" = 0 ] || { find_chromium >/dev/null && have_cjk_font; }; }; then
   summary="$(sed -n 's/^# summary: //p' "$STAMP")"
   say "ready (unchanged, $((SECONDS - T0)) s): $summary"
   exit 0
@@ -207,21 +213,33 @@ step "pip install ComfyUI's requirements, requirements.txt and ${TEST_DEPS[*]}" 
 # ---- Chromium for the browser tests ---------------------------------------------------------
 CHROMIUM_PATH="$(find_chromium || true)"
 if [ "$WANT_BROWSER" = 1 ]; then
-  if [ -z "$CHROMIUM_PATH" ]; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-      die "Chromium is needed for the browser tests and there is no apt-get: install Chromium and put it on PATH (or set CHROMIUM=/path/to/it), or SKIP_BROWSER=1"
-    fi
+  # Chromium and the CJK font are checked apart: a machine that already had Chromium still gets
+  # the font.
+  APT_PACKAGES=()
+  [ -n "$CHROMIUM_PATH" ] || APT_PACKAGES+=(chromium)
+  have_cjk_font || APT_PACKAGES+=(fonts-noto-cjk)
+  if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
     SUDO=()
-    if [ "$(id -u)" != 0 ]; then
-      sudo -n true 2>/dev/null || die "Chromium is needed for the browser tests: run 'sudo apt-get install chromium' once, or set SKIP_BROWSER=1"
-      SUDO=(sudo -n)
+    if ! command -v apt-get >/dev/null 2>&1; then
+      [ -n "$CHROMIUM_PATH" ] || die "Chromium is needed for the browser tests and there is no apt-get: install Chromium and put it on PATH (or set CHROMIUM=/path/to/it), or SKIP_BROWSER=1"
+      APT_PACKAGES=()
+      say "no CJK font and no apt-get: install a Noto CJK font, or the README screenshots show boxes for Chinese/Japanese"
+    elif [ "$(id -u)" != 0 ]; then
+      if sudo -n true 2>/dev/null; then
+        SUDO=(sudo -n)
+      elif [ -z "$CHROMIUM_PATH" ]; then
+        die "Chromium is needed for the browser tests: run 'sudo apt-get install chromium fonts-noto-cjk' once, or set SKIP_BROWSER=1"
+      else
+        APT_PACKAGES=()
+        say "no CJK font and no sudo: run 'sudo apt-get install fonts-noto-cjk' once, or the README screenshots show boxes for Chinese/Japanese"
+      fi
     fi
-    say "installing chromium with apt-get (about a minute)"
-    step "apt-get update" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    # fonts-noto-cjk: without it the browser draws Chinese/Japanese lyrics as boxes in the
-    # screenshots the tests take for the README (the tests themselves pass either way).
-    step "apt-get install chromium" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk
+    if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
+      say "installing ${APT_PACKAGES[*]} with apt-get (about a minute)"
+      step "apt-get update" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      step "apt-get install ${APT_PACKAGES[*]}" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
+    fi
     CHROMIUM_PATH="$(find_chromium)" || die "apt-get installed chromium, but no chromium is on PATH"
   fi
 fi

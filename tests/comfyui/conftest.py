@@ -8,6 +8,7 @@ makes the tests error with the server's log.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,22 @@ def tiny_checkpoints(comfy_server, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def artifacts_dir() -> Path:
-    """tests/artifacts/ (git-ignored): screenshots and audio that a person may want to look at."""
-    path = REPO / "tests" / "artifacts"
+def artifacts_dir(tmp_path_factory) -> Path:
+    """Screenshots and audio that a person may want to look at: a temporary folder (tests write
+    nothing into the repository), or ACESTEP_ARTIFACTS_DIR when set."""
+    chosen = os.environ.get("ACESTEP_ARTIFACTS_DIR")
+    path = Path(chosen) if chosen else tmp_path_factory.mktemp("artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def readme_images(artifacts_dir) -> Path:
+    """Where the tests put the README's pictures: docs/images/ only when asked for with
+    ACESTEP_REFRESH_README_IMAGES=1 (``bash scripts/refresh_readme_images.sh`` does that), else a
+    folder among the artifacts, so the suite never changes committed files."""
+    if os.environ.get("ACESTEP_REFRESH_README_IMAGES") == "1":
+        return REPO / "docs" / "images"
+    path = artifacts_dir / "readme-images"
     path.mkdir(parents=True, exist_ok=True)
     return path

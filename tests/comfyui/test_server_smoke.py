@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -122,3 +123,14 @@ def test_harness_drives_the_real_frontend(comfy_server, tmp_path, artifacts_dir)
         assert image.size == (64, 48)
         assert image.convert("RGB").getpixel((10, 10)) == (255, 0, 0)  # color 0xFF0000
     assert shot.stat().st_size > 10_000
+
+
+def test_the_suite_writes_outside_the_repository(artifacts_dir, readme_images, monkeypatch):
+    """Screenshots and audio go to temporary folders; docs/images/ only on request
+    (ACESTEP_REFRESH_README_IMAGES=1, scripts/refresh_readme_images.sh)."""
+    from comfyui_harness import REPO
+    if os.environ.get("ACESTEP_REFRESH_README_IMAGES") == "1":
+        assert readme_images == REPO / "docs" / "images"
+        return
+    for path in (artifacts_dir, readme_images):
+        assert REPO not in path.resolve().parents, path

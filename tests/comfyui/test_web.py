@@ -15,7 +15,7 @@
     per-line language / romanized text must equal the Python LyricTokenizer's own output;
   * the HTTP routes behind them (nodes/routes.py), including their refusals.
 
-Screenshots of both widgets go to docs/images/ (lyric_editor.png, region_picker.png,
+Screenshots of both widgets (for docs/images/, only with scripts/refresh_readme_images.sh: lyric_editor.png, region_picker.png,
 region_picker_decoded.png).
 """
 from __future__ import annotations
@@ -34,7 +34,6 @@ from comfyui_harness import CHROMIUM_FLAGS, REPO, ComfyPage, find_chromium
 SAMPLE_RATE = 44100
 FRAME_SECONDS = 4096 / SAMPLE_RATE     # one latent frame: the finest time step the nodes use
 SONG_SECONDS = 3.0
-DOCS_IMAGES = REPO / "docs" / "images"
 SCREEN = (1500, 950)
 
 LYRICS = ("[verse]\n"
@@ -228,7 +227,7 @@ def test_routes(comfy_server, song):
     assert empty["lines"] == [] and empty["total_tokens"] == 1
 
 
-def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, page, song):
+def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, page, song, readme_images):
     ui = page
     wave = wait_for_waveform(ui, "repaint")
     assert ui.evaluate(OUR_WIDGETS_JS, [TEXT, REPAINT, EXTEND]) == [["acestep_lyrics_preview"], ["acestep_waveform"],
@@ -269,7 +268,7 @@ def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, pag
         const w = n.widgets.find(w => w.name === 'end_seconds'); w.value = {measured[1]}; w.callback?.(w.value); }}""")
     ui.page.wait_for_timeout(600)
 
-    node_screenshot(ui, REPAINT, DOCS_IMAGES / "region_picker.png")
+    node_screenshot(ui, REPAINT, readme_images / "region_picker.png")
 
     prompt = ui.graph_to_prompt()
     inputs = prompt[str(REPAINT)]["inputs"]
@@ -293,7 +292,7 @@ def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, pag
     assert rate == SAMPLE_RATE and np.isfinite(data).all() and data.shape[0] > 0
 
 
-def test_lyric_editor_matches_the_tokenizer(comfy_server, tiny_checkpoints, page):
+def test_lyric_editor_matches_the_tokenizer(comfy_server, tiny_checkpoints, page, readme_images):
     from acestep_core.text.lyrics import LyricTokenizer
     from acestep_core.text.vocab import find_lyric_vocab
 
@@ -346,7 +345,7 @@ def test_lyric_editor_matches_the_tokenizer(comfy_server, tiny_checkpoints, page
         text = shown["rows"][LYRICS.split("\n").index(source)]["text"]
         assert text and text.isascii(), text
 
-    node_screenshot(ui, TEXT, DOCS_IMAGES / "lyric_editor.png")
+    node_screenshot(ui, TEXT, readme_images / "lyric_editor.png")
 
 
 def test_region_picker_placeholder_without_audio(page):
@@ -448,7 +447,7 @@ def saved_audio(server, entry: dict, node_id: int) -> Path:
 
 
 def test_region_picker_draws_the_decoded_output_of_the_same_latent(chromium, comfy_server, tiny_checkpoints,
-                                                                   artifacts_dir):
+                                                                   artifacts_dir, readme_images):
     """text2music -> VAEDecodeAudio -> SaveAudio, and an AceStepRepaint fed (through a Reroute) by
     the same sampler: a placeholder asks for a run; after it, the picker draws the saved song,
     dragging sets the widgets, and the next run (a longer song) redraws it at its new length."""
@@ -491,7 +490,7 @@ def test_region_picker_draws_the_decoded_output_of_the_same_latent(chromium, com
         measured = [values["start_seconds"], values["end_seconds"]]
         print(f"repaint drag on the decoded song: expected {expected}, widgets {measured}")
         assert max(abs(m - e) for m, e in zip(measured, expected)) <= FRAME_SECONDS, (measured, expected)
-        node_screenshot(ui, G_REPAINT, DOCS_IMAGES / "region_picker_decoded.png")
+        node_screenshot(ui, G_REPAINT, readme_images / "region_picker_decoded.png")
 
         # A new run of a longer song: the picker follows the newly saved file.
         ui.evaluate(f"""() => {{ const w = window.app.graph.getNodeById({G_EMPTY}).widgets

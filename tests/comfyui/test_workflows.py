@@ -40,7 +40,6 @@ from comfyui_harness import REPO, ComfyServer
 SAMPLE_RATE = 44100
 SAMPLES_PER_FRAME = 4096          # one latent frame of the music DCAE + vocoder: 8 * 512 samples
 WORKFLOWS_DIR = REPO / "workflows"
-DOCS_IMAGES = REPO / "docs" / "images"
 PACK_FOLDER = "comfyui-acestep"   # the pack's folder name in custom_nodes/ (comfyui_harness.PACK_NAME)
 SCREEN = (1600, 900)
 
@@ -434,7 +433,8 @@ def test_workflow_runs_as_api_prompt(name, comfy_server, input_audio, tiny_edits
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
-def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edits, api_prompts, ui, artifacts_dir):
+def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edits, api_prompts, ui, artifacts_dir,
+                                      readme_images):
     """Dropped on the canvas, screenshot for the README, widgets changed, Run."""
     fresh(ui).load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=True)
     # No view is stored in the file: ComfyUI fits the graph to the window once it is drawn.
@@ -445,7 +445,7 @@ def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edi
     ui.page.wait_for_load_state("networkidle")
     ui.page.wait_for_timeout(300)
     assert ui.page_errors == [], ui.page_errors
-    update_screenshot(ui.screenshot(artifacts_dir / f"workflow_{name}_opened.png"), DOCS_IMAGES / f"{name}.png")
+    update_screenshot(ui.screenshot(artifacts_dir / f"workflow_{name}_opened.png"), readme_images / f"{name}.png")
 
     set_widgets(ui, tiny_edits["canvas"])
     prompt_id = ui.run()
