@@ -132,8 +132,12 @@ Put the ACE-Step v1 (3.5B) checkpoint in `ComfyUI/models/checkpoints/` and pick 
   holding `ace_step_transformer/`, `music_dcae_f8c8/`, `music_vocoder/` and `umt5-base/`, under
   `models/checkpoints/` or `models/diffusion_models/`.
 
+When the file opens, ComfyUI's **Missing Models** dialog lists `{REAL_CHECKPOINT}` if you do not have it:
+**Download** fetches it from the address above, or close the dialog (×) to try the workflow first.
+
+To try it without the download: in **Load ACE-Step Checkpoint** click `ckpt_name`, choose
 `acestep_tiny_RANDOM_WEIGHTS_demo.safetensors` (made by `scripts/run_comfyui.sh` when there is no real
-checkpoint) has **random weights**: the workflow runs quickly with it, but it makes noise, not music."""
+checkpoint) and press **Run**. It has **random weights**: the workflow runs quickly, but makes noise, not music."""
 
 INPUT_NOTE = f"""- **Load Audio**: the song to work on. Upload it with the node's button, or put it in `ComfyUI/input/`
   (`{INPUT_AUDIO}` is only a placeholder name). Any sample rate, mono or stereo: the VAE resamples to
@@ -464,20 +468,41 @@ BUILD_GRAPH_JS = """async ([api, name, columns, note, titles, models, gaps]) => 
     noteNode.widgets[0].value = note;
     app.graph.add(noteNode);
     // Columns left to right, nodes top to bottom; a node is never made smaller than the
-    // frontend needs. pos is the top left of the body: the title bar sits above it.
+    // frontend needs. pos is the top left of the body: the title bar sits above it. Panels
+    // (the waveform picker, the lyric editor) give their nodes their height only once the
+    // canvas has drawn them: lay out, let the frontend draw, and lay out again until no node
+    // changes size, so that no node covers another when the file is opened.
     const titleHeight = LiteGraph.NODE_TITLE_HEIGHT;
-    let x = 0;
-    for (const column of columns) {
-        let y = 0, width = 0;
-        for (const [id, w, h] of column) {
-            const n = id === 'note' ? noteNode : app.graph.getNodeById(Number(id));
-            if (!n) throw new Error('node ' + id + ' is missing after loadApiJson');
-            n.setSize([Math.max(w, n.size[0]), Math.max(h, n.size[1])]);
-            n.pos = [x, y];
-            y += n.size[1] + titleHeight + rowGap;
-            width = Math.max(width, n.size[0]);
+    const settle = async () => {
+        for (let i = 0; i < 3; i++) {
+            app.graph.setDirtyCanvas(true, true);
+            app.canvas.draw(true, true);
+            await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 50)));
         }
-        x += width + columnGap;
+    };
+    const layout = () => {
+        let x = 0;
+        for (const column of columns) {
+            let y = 0, width = 0;
+            for (const [id, w, h] of column) {
+                const n = id === 'note' ? noteNode : app.graph.getNodeById(Number(id));
+                if (!n) throw new Error('node ' + id + ' is missing after loadApiJson');
+                const least = n.computeSize();
+                n.setSize([Math.max(w, n.size[0], least[0]), Math.max(h, n.size[1], least[1])]);
+                n.pos = [x, y];
+                y += n.size[1] + titleHeight + rowGap;
+                width = Math.max(width, n.size[0]);
+            }
+            x += width + columnGap;
+        }
+        return JSON.stringify(app.graph.nodes.map((n) => [n.id, n.size[0], n.size[1]]));
+    };
+    let sizes = null;
+    for (let round = 0; round < 5; round++) {
+        await settle();
+        const now = layout();
+        if (now === sizes) break;
+        sizes = now;
     }
     delete app.graph.extra.ds;
     app.graph.setDirtyCanvas(true, true);
@@ -504,15 +529,44 @@ def build_in_page(page, name: str, spec: dict) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def generate(server: "harness.ComfyServer", names=None, ui: "harness.ComfyPage | None" = None) -> dict[str, str]:
+THUMBNAIL_WIDTH, THUMBNAIL_QUALITY = 480, 70
+
+
+def thumbnail(page) -> bytes:
+    """The Templates dialog's picture of the graph now on the canvas: the frontend's own drawing,
+    fitted to the window, as a small JPEG (ComfyUI 0.3.75 and 0.20.1 both ask for <name>.jpg
+    beside an extension's workflow)."""
+    import io
+
+    from PIL import Image
+
+    page.evaluate("() => { window.app.canvas.deselectAll(); window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(800)
+    box = page.evaluate("() => { const r = document.getElementById('graph-canvas').getBoundingClientRect(); "
+                        "return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
+    picture = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
+    picture.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+    return out.getvalue()
+
+
+def generate(server: "harness.ComfyServer", names=None, ui: "harness.ComfyPage | None" = None,
+             thumbnails: dict | None = None) -> dict[str, str]:
     """{name: JSON text} of the workflows, built in the frontend of a running server (in a new
-    headless browser, or in the open page `ui`, which is reloaded before and after)."""
+    headless browser, or in the open page `ui`, which is reloaded before and after). With a
+    ``thumbnails`` dict, each workflow's picture (JPEG bytes) is put in it by name."""
     names = list(names or WORKFLOWS)
     before = requests.get(server.url + "/settings", timeout=30).json()
     requests.post(server.url + "/settings", json=EXPORT_SETTINGS, timeout=30).raise_for_status()
     try:
         with (server.browser(*VIEWPORT) if ui is None else _reloaded(ui)) as page:
-            return {name: build_in_page(page.page, name, WORKFLOWS[name]()) for name in names}
+            built = {}
+            for name in names:
+                built[name] = build_in_page(page.page, name, WORKFLOWS[name]())
+                if thumbnails is not None:
+                    thumbnails[name] = thumbnail(page.page)
+            return built
     finally:  # the server may be shared (the test session's): leave its settings as they were
         restore = {key: before.get(key, default) for key, default in SETTING_DEFAULTS.items()}
         requests.post(server.url + "/settings", json=restore, timeout=30).raise_for_status()
@@ -539,7 +593,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     with harness.ComfyServer(base_dir=tempfile.mkdtemp(prefix="acestep-make-workflows-")) as server:
-        built = generate(server, args.only)
+        pictures = {} if not args.check else None
+        built = generate(server, args.only, thumbnails=pictures)
     stale = []
     for name, text in built.items():
         path = args.out / f"{name}.json"
@@ -552,6 +607,7 @@ def main(argv=None) -> int:
             continue
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        path.with_suffix(".jpg").write_bytes(pictures[name])   # the Templates dialog's picture
         print(f"{'unchanged' if old == text else 'wrote'} {path}")
     if stale:
         print(f"out of date: {', '.join(stale)} (run python scripts/make_workflows.py)", file=sys.stderr)

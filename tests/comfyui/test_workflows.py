@@ -314,6 +314,54 @@ def test_templates_open_from_the_templates_dialog(ui):
     assert sorted(types) == sorted(node["type"] for node in shipped["nodes"])
 
 
+NODE_RECTS_JS = """() => {
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    return window.app.graph.nodes.map((n) => ({id: n.id, type: n.type,
+        x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title}));
+}"""
+
+
+def overlaps(rects: list[dict]) -> list[str]:
+    """Pairs of nodes whose rectangles (title bar included) intersect, with the overlap size."""
+    found = []
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            if dx > 0 and dy > 0:
+                found.append(f"{a['type']} #{a['id']} and {b['type']} #{b['id']} overlap by {dx:.0f} x {dy:.0f}")
+    return found
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_no_node_covers_another_once_opened(name, ui):
+    """Opened in the real frontend and drawn (panels such as the waveform picker and the lyric
+    editor have their height then), no two nodes' rectangles intersect."""
+    fresh(ui).load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=True)
+    ui.page.wait_for_timeout(1000)
+    ui.page.wait_for_load_state("networkidle")
+    ui.evaluate("() => { window.app.graph.setDirtyCanvas(true, true); window.app.canvas.draw(true, true); }")
+    ui.page.wait_for_timeout(300)
+    assert overlaps(ui.evaluate(NODE_RECTS_JS)) == []
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_templates_dialog_has_a_picture_of_each_workflow(name, comfy_server):
+    """ComfyUI 0.3.75's and 0.20.1's Templates dialog show <name>.jpg from beside an extension's
+    workflow (both frontends build the URL /api/workflow_templates/<pack>/<name>.jpg): it is
+    served, is a real JPEG of a canvas-shaped picture, and is small."""
+    from PIL import Image
+    import io
+
+    r = comfy_server.get(f"/api/workflow_templates/{PACK_FOLDER}/{name}.jpg")
+    assert r.headers["content-type"] == "image/jpeg"
+    assert 2_000 < len(r.content) <= 60_000, len(r.content)
+    with Image.open(io.BytesIO(r.content)) as picture:
+        assert picture.format == "JPEG" and 300 <= picture.width <= 480 and picture.height >= 150, picture.size
+        darkest, brightest = picture.convert("L").getextrema()
+        assert brightest - darkest > 50   # not a blank picture
+
+
 # What each workflow does before the user changes anything, by node type and input name (in
 # the API prompt the frontend builds from the file). text2music / audio2audio: ComfyUI's
 # template values; the others: the ACE-Step app's defaults.
