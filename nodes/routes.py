@@ -88,6 +88,9 @@ def lyrics_preview(lyrics: str, ckpt_name: str | None = None, limit: int | None 
         "text": line.text,
         "tokens": line.token_count,
         "unknown": line.unknown_count,
+        "unknown_characters": tokenizer.unknown_characters(line.text) if line.unknown_count else [],
+        "tag": line.leading_tag,
+        "unknown_tag": line.unknown_tag,
         "note": line.note,
     } for line in preview.lines]
     return {"lines": lines, "total_tokens": preview.total_tokens, "limit": preview.limit,

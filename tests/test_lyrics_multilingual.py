@@ -244,6 +244,19 @@ def test_lyrics_past_the_limit_are_cut_where_the_original_cuts(tok):
     assert tok.encode_limited("").warning() is None
 
 
+def test_unknown_tags_and_characters_are_named(tok):
+    lines = {line.source: line for line in tok.tokenize_lines("[badtag]\n[zz] hello\n[Verse]\n[fr] bonjour\n[Verse 1]")}
+    assert [lines[s].unknown_tag for s in ("[badtag]", "[zz] hello", "[Verse]", "[fr] bonjour", "[Verse 1]")] == [
+        "[badtag]", "[zz]", None, None, "[Verse 1]"]
+    assert lines["[Verse]"].leading_tag == "[Verse]" and lines["[fr] bonjour"].leading_tag is None
+    assert tok.unknown_characters("[verse] snow \u2603 and \u2708 \u2603") == ["\u2603", "\u2708"]
+    assert tok.unknown_characters("plain words") == []
+    preview = tok.preview("[verse]\nsnow \u2603\n[badtag]")
+    vocabulary = next(w for w in preview.warnings if "not in the lyric vocabulary" in w)
+    assert "'\u2603' (U+2603)" in vocabulary and "lines 2, 3" in vocabulary, vocabulary
+    assert any("unknown tag [badtag] (line 3)" in w for w in preview.warnings), preview.warnings
+
+
 # ---------------------------------------------------------------------------------------------
 # The language model file and the fallbacks
 # ---------------------------------------------------------------------------------------------

@@ -73,6 +73,9 @@ STRUCTURE_TAGS: dict[str, int] = {
 }
 
 _STRUCTURE_LINE = re.compile(r"\[.*?\]")  # used with .match: the line starts with a [...] group
+# Tags that are one vocabulary id each (structure tags, language prefixes, [SPACE] ...).
+_ADDED_TOKEN = re.compile("|".join(re.escape(t) for t in [*STRUCTURE_TAGS, *(
+    "[zh-cn]" if c == "zh" else f"[{c}]" for c in SUPPORTED_LANGUAGES), "[SPACE]", "[UNK]", "[STOP]", "[START]"]))
 
 
 # Lines longer than this are processed in pieces (see LyricTokenizer._tokenize_line). Some of the
@@ -131,6 +134,25 @@ class LyricLine:
     def unknown_count(self) -> int:
         """How many of its ids are [UNK] (characters the vocabulary cannot spell)."""
         return sum(1 for i in self.ids if i == UNK_ID)
+
+    @property
+    def leading_tag(self) -> str | None:
+        """The "[...]" group a structure line starts with, as written (None for other lines)."""
+        if not self.structure:
+            return None
+        body = split_language_tag(self.source)[1]
+        match = _STRUCTURE_LINE.match(body)
+        return match.group(0) if match else None
+
+    @property
+    def unknown_tag(self) -> str | None:
+        """The line's leading "[...]" tag when the model does not know it as a tag: not one of the
+        twelve structure tags (``[badtag]``, ``[Verse 1]``), or a two-letter "[xx]" that is no
+        supported language (``[zz]``). Such a line is read as ordinary English text."""
+        tag = self.leading_tag
+        if tag is None or tag.lower() in STRUCTURE_TAGS:
+            return None
+        return tag
 
 
 @dataclass
@@ -256,6 +278,16 @@ class LyricTokenizer:
         # Lines repeat (choruses) and ComfyUI re-encodes unchanged prompts: remember results.
         self._line_cache = lru_cache(maxsize=8192)(self._tokenize_line)
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """Characters of cleaned ``text`` that the vocabulary cannot spell (each reads as [UNK]),
+        in order of first appearance. BPE starts from single characters, so a character is
+        spellable exactly when it is a token of its own."""
+        seen: dict[str, None] = {}
+        for char in _ADDED_TOKEN.sub(" ", text):   # "[verse]", "[fr]": one id each, not characters
+            if not char.isspace() and char not in seen and self.bpe.token_to_id(char) is None:
+                seen[char] = None
+        return list(seen)
+
     def encode_text(self, text: str, lang: str) -> list[int]:
         """BPE ids of already-cleaned text with its language prefix (no line-end id)."""
         marked = (language_token(lang) + text).replace(" ", "[SPACE]")
@@ -337,13 +369,22 @@ class LyricTokenizer:
                 first_cut = index
         cut = max(0, total - limit)
         warnings = [w for w in (detection_warning(), number_words_warning()) if w]
-        if cut:
-            warnings.append(f"the lyrics are {total} tokens long; the model reads at most {limit} (the longest "
+        if cut:   # first: the panel shows the warnings at its top, the most important one first
+            warnings.insert(0, f"the lyrics are {total} tokens long; the model reads at most {limit} (the longest "
                             f"lyrics it was trained on): the last {cut} tokens, from line {first_cut + 1} on, "
                             "are cut off when it runs")
         unknown = sum(line.unknown_count for line in lines)
         if unknown:
-            warnings.append(f"{unknown} character(s) are not in the lyric vocabulary and read as [UNK]")
+            chars = self.unknown_characters("".join(line.text for line in lines if line.unknown_count))
+            named = ", ".join(f"'{c}' (U+{ord(c):04X})" for c in chars[:12]) + (" ..." if len(chars) > 12 else "")
+            where = [str(i + 1) for i, line in enumerate(lines) if line.unknown_count]
+            warnings.append(f"{unknown} character(s) are not in the lyric vocabulary and read as [UNK]: {named} "
+                            f"(line{'s' if len(where) > 1 else ''} {', '.join(where[:10])}{' ...' if len(where) > 10 else ''})")
+        tags = [(i, line.unknown_tag) for i, line in enumerate(lines) if line.unknown_tag]
+        if tags:
+            listed = ", ".join(f"{tag} (line {i + 1})" for i, tag in tags[:8]) + (" ..." if len(tags) > 8 else "")
+            warnings.append(f"unknown tag{'s' if len(tags) > 1 else ''} {listed}: not one of the model's structure "
+                            f"tags ({', '.join(STRUCTURE_TAGS)}) or language tags ([en], [fr], ...); read as text")
         return LyricsPreview(lines=lines, total_tokens=total, limit=limit, cut_tokens=cut,
                              first_cut_line=first_cut, warnings=warnings)
 

@@ -348,6 +348,49 @@ def test_lyric_editor_matches_the_tokenizer(comfy_server, tiny_checkpoints, page
     node_screenshot(ui, TEXT, readme_images / "lyric_editor.png")
 
 
+def test_lyric_editor_marks_unknown_tags_and_characters_and_puts_warnings_on_top(page):
+    """[badtag] and [zz] are drawn as unknown tags (not like [verse] / [fr]); the vocabulary
+    warning names the characters; over the limit, the explanation with the count is the first
+    thing in the panel, above the lines, visible without scrolling."""
+    lyrics = "\n".join(["[badtag]", "[zz] hello there", "[verse]", "[fr] bonjour", "snow \u2603 and a plane \u2708"]
+                       + ["Walking down the empty street tonight under every shining light"] * 500)
+    ui = page
+    ui.evaluate("""([id, text]) => { const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === 'lyrics');
+                    w.value = text; }""", [TEXT, lyrics])
+    ui.page.wait_for_function("(text) => document.querySelector('.acestep-lyrics')?.dataset.state === 'ready'"
+                              " && document.querySelector('.acestep-lyrics').dataset.text === text",
+                              arg=lyrics, timeout=60_000)
+    shown = ui.evaluate("""() => {
+        const panel = document.querySelector('.acestep-lyrics');
+        panel.scrollTop = 0;
+        const q = (sel) => [...panel.querySelectorAll(sel)].map(e => e.textContent);
+        const warnings = [...panel.querySelectorAll('.acestep-lyrics-warning')];
+        const firstRow = panel.querySelector('.acestep-line');
+        const box = panel.getBoundingClientRect();
+        return {unknown: q('.acestep-tag-unknown'), structure: q('.acestep-tag-structure'),
+                language: q('.acestep-tag-language'), warnings: warnings.map(w => w.textContent),
+                firstWarningAboveLines: warnings.length > 0 && Boolean(
+                    warnings[0].compareDocumentPosition(firstRow) & Node.DOCUMENT_POSITION_FOLLOWING),
+                firstWarningVisible: warnings.length > 0 && warnings[0].getBoundingClientRect().top < box.bottom
+                                     && warnings[0].getBoundingClientRect().bottom > box.top,
+                unknownChars: [...panel.querySelectorAll('.acestep-line')].map(r => r.dataset.unknownCharacters)
+                                  .filter(Boolean),
+                count: Number(panel.querySelector('.acestep-token-count').dataset.total)};
+    }""")
+    assert shown["unknown"] == ["[badtag]", "[zz]"], shown
+    assert shown["structure"] == ["[verse]"] and shown["language"] == ["[fr]"], shown
+    assert shown["count"] > 4096
+    first = shown["warnings"][0]
+    assert f"the lyrics are {shown['count']} tokens long" in first and "cut off" in first, shown["warnings"]
+    assert shown["firstWarningAboveLines"] and shown["firstWarningVisible"], shown
+    vocabulary = next(w for w in shown["warnings"] if "not in the lyric vocabulary" in w)
+    assert "'\u2603'" in vocabulary and "'\u2708'" in vocabulary, vocabulary
+    assert "\u2603\u2708" in shown["unknownChars"], shown["unknownChars"]
+    assert any("unknown tags [badtag] (line 1), [zz] (line 2)" in w for w in shown["warnings"]), shown["warnings"]
+    ui.evaluate("""(id) => { window.app.graph.getNodeById(id).widgets.find(w => w.name === 'lyrics').value =
+                    '[verse]\\nla la la'; }""", TEXT)   # what the module's graph had
+
+
 def test_region_picker_placeholder_without_audio(page):
     """A repaint node with nothing connected explains what to connect instead of a waveform."""
     ui = page

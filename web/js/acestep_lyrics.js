@@ -37,6 +37,10 @@ const STYLE = `
 .acestep-line-tokens { text-align: right; opacity: 0.8; }
 .acestep-tag-structure { color: #ff9ef5; font-weight: 600; background: rgba(255,158,245,0.12); border-radius: 3px; }
 .acestep-tag-language { color: #ffd479; font-weight: 600; background: rgba(255,212,121,0.12); border-radius: 3px; }
+.acestep-tag-unknown { color: #ff7a7a; font-weight: 600; text-decoration: underline wavy #ff7a7a;
+  background: rgba(255,80,80,0.12); border-radius: 3px; }
+.acestep-unknown-chars { color: #ff7a7a; margin-left: 4px; }
+.acestep-lyrics-warnings { margin: 0 0 3px; }
 .acestep-line-empty { opacity: 0.4; }
 .acestep-lyrics-warning { color: #ffb86b; white-space: normal; }
 `;
@@ -87,7 +91,13 @@ function highlightedSource(line) {
   if (line.structure) {
     const close = rest.indexOf("]");
     if (rest.startsWith("[") && close > 0) {
-      span.appendChild(el("span", "acestep-tag-structure", rest.slice(0, close + 1)));
+      // A tag the model does not know ([badtag], [zz], [Verse 1]) is read as plain text: say so.
+      const unknown = Boolean(line.unknown_tag);
+      const tag = el("span", unknown ? "acestep-tag-unknown" : "acestep-tag-structure", rest.slice(0, close + 1));
+      if (unknown) {
+        tag.title = `unknown tag ${line.unknown_tag}: not one of the model's structure or language tags, read as text`;
+      }
+      span.appendChild(tag);
       rest = rest.slice(close + 1);
     }
   }
@@ -97,7 +107,7 @@ function highlightedSource(line) {
 }
 
 function render(panel, result) {
-  const { summary, count, status, list } = panel.parts;
+  const { summary, count, status, list, warnings } = panel.parts;
   count.textContent = `${result.total_tokens} / ${result.limit} tokens`;
   count.dataset.total = String(result.total_tokens);
   count.dataset.limit = String(result.limit);
@@ -126,13 +136,23 @@ function render(panel, result) {
         : `detected: ${line.detected ?? "?"}`;
       const text = el("span", "acestep-line-text", line.text);
       text.title = line.note ? `${line.text}\n${line.note}` : line.text;
+      const source = highlightedSource(line);
+      const unknownChars = line.unknown_characters ?? [];
+      if (unknownChars.length) {
+        const mark = el("span", "acestep-unknown-chars", `[UNK: ${unknownChars.join(" ")}]`);
+        mark.title = "not in the lyric vocabulary: each reads as [UNK]";
+        source.appendChild(mark);
+        row.dataset.unknownCharacters = unknownChars.join("");
+      }
+      if (line.unknown_tag) row.dataset.unknownTag = line.unknown_tag;
       row.dataset.language = line.language;
-      row.append(lang, highlightedSource(line), text, el("span", "acestep-line-tokens", String(line.tokens)));
+      row.append(lang, source, text, el("span", "acestep-line-tokens", String(line.tokens)));
     }
     if (result.cut_tokens > 0 && running > result.limit) row.classList.add("acestep-cut");
     list.appendChild(row);
   });
-  for (const warning of result.warnings ?? []) list.appendChild(el("div", "acestep-lyrics-warning", `⚠ ${warning}`));
+  // Warnings at the top, under the count (the over-limit one first): seen without scrolling.
+  warnings.replaceChildren(...(result.warnings ?? []).map((w) => el("div", "acestep-lyrics-warning", `⚠ ${w}`)));
   summary.title = "What ACE-Step's lyric encoder reads (from the pack's tokenizer)";
 }
 
@@ -154,9 +174,10 @@ function attachLyricEditor(node) {
   const count = el("span", "acestep-token-count", "… tokens");
   const status = el("span", "acestep-lyrics-status", "");
   const list = el("div", "acestep-lyrics-lines");
+  const warnings = el("div", "acestep-lyrics-warnings");
   summary.append(count, status);
-  panel.append(summary, list);
-  panel.parts = { summary, count, status, list };
+  panel.append(summary, warnings, list);
+  panel.parts = { summary, count, status, list, warnings };
   // Scrolling the panel must not zoom the canvas.
   panel.addEventListener("wheel", (e) => e.stopPropagation(), { passive: true });
 
