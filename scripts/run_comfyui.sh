@@ -27,9 +27,9 @@ TINY_NAME=acestep_tiny_RANDOM_WEIGHTS_demo.safetensors
 say() { echo "run_comfyui.sh: $*" >&2; }
 
 # SKIP_BROWSER: running ComfyUI needs no Chromium (only the browser tests do).
-SKIP_BROWSER="${SKIP_BROWSER:-1}" bash "$REPO/scripts/setup_env.sh" "$ENV_DIR"
-# shellcheck disable=SC1090,SC1091
-. "$ENV_DIR/.acestep-env"
+STAMP="$(SKIP_BROWSER="${SKIP_BROWSER:-1}" bash "$REPO/scripts/setup_env.sh" "$ENV_DIR")"
+# shellcheck disable=SC1090
+. "$STAMP"
 PY="$ACESTEP_PYTHON"
 COMFY="$ACESTEP_COMFYUI_DIR"
 

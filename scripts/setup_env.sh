@@ -16,6 +16,9 @@
 #
 # Idempotent: a second run with nothing changed only compares a fingerprint (well under a
 # second); anything missing is installed again. Needs only PyPI (and Debian for Chromium).
+# Prints one line on stdout: the record of what was installed (DEST/.acestep-env, or with
+# COMFYUI_DIR / COMFYUI_PYTHON one record per ComfyUI tree and Python, so that runs against
+# another ComfyUI never change what the default runs read); test.sh and run_comfyui.sh source it.
 set -euo pipefail
 
 # Bump when the steps below change in a way that needs existing environments re-checked.
@@ -56,7 +59,6 @@ step() {
 mkdir -p "$DEST" || die "cannot create $DEST"
 DEST="$(cd "$DEST" && pwd)"
 LOG="$DEST/setup.log"
-STAMP="$DEST/.acestep-env"
 touch "$LOG" || die "cannot write $LOG"
 
 # One setup at a time per DEST (test.sh and run_comfyui.sh may start together).
@@ -93,6 +95,10 @@ WANT_BROWSER=1
 [ "${SKIP_BROWSER:-0}" = 1 ] && WANT_BROWSER=0
 
 hash_of() { sha256sum | cut -c1-16; }
+STAMP="$DEST/.acestep-env"
+if [ "$OWN_TREE" = 0 ] || [ "$OWN_VENV" = 0 ]; then
+  STAMP="$DEST/.acestep-env-$(printf '%s\n%s\n' "$COMFY" "$PY" | hash_of)"
+fi
 fingerprint() {
   {
     echo "$SETUP_FORMAT $HORDE_VERSION $TORCH_VERSION $TORCHVISION_VERSION $TORCHAUDIO_SPEC ${TEST_DEPS[*]}"
@@ -115,6 +121,7 @@ if [ -f "$STAMP" ] && [ -x "$PY" ] && [ -f "$COMFY/main.py" ] \
    && { [ "$WANT_BROWSER" = 0 ] || { find_chromium >/dev/null && have_cjk_font; }; }; then
   summary="$(sed -n 's/^# summary: //p' "$STAMP")"
   say "ready (unchanged, $((SECONDS - T0)) s): $summary"
+  echo "$STAMP"
   exit 0
 fi
 
@@ -292,3 +299,4 @@ summary="ComfyUI $FOUND_COMFYUI_VERSION (frontend $FOUND_FRONTEND_VERSION), torc
 } >"$STAMP.tmp"
 mv "$STAMP.tmp" "$STAMP"
 say "ready ($((SECONDS - T0)) s) in $DEST: $summary"
+echo "$STAMP"

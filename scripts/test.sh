@@ -10,9 +10,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ENV_DIR="${ACESTEP_ENV_DIR:-$HOME/.cache/comfyui-acestep/env}"
 
-bash "$REPO/scripts/setup_env.sh" "$ENV_DIR"
-# shellcheck disable=SC1090,SC1091
-. "$ENV_DIR/.acestep-env"
+STAMP="$(bash "$REPO/scripts/setup_env.sh" "$ENV_DIR")"
+# shellcheck disable=SC1090
+. "$STAMP"
 export ACESTEP_ENV_DIR ACESTEP_PYTHON ACESTEP_CHROMIUM
 export COMFYUI_DIR="$ACESTEP_COMFYUI_DIR"
 
