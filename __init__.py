@@ -29,7 +29,13 @@ def _ensure_acestep_core() -> None:
 
 _ensure_acestep_core()
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+else:
+    # Run as a plain module, not as a package: pytest (8 and later) does that when it sets up the
+    # checkout's folder as a test package and the folder's name is not a Python identifier (the
+    # README's `git clone ... comfyui-acestep`). There are no nodes to offer then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./web"
 
