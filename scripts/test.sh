@@ -24,8 +24,9 @@ set +e
 rc=${PIPESTATUS[0]}
 set -e
 
-# pytest's last line is its summary, e.g. "12 passed, 1 warning in 80.31s".
-summary="$(grep -E '^=*\s*[0-9]+ (passed|failed|error|errors|skipped|deselected|xfailed|xpassed)|no tests ran' "$out" | tail -n 1 | sed -E 's/^=+ *//; s/ *=+$//')"
+# pytest's last line is its summary, e.g. "12 passed, 1 warning in 80.31s" (none with -qq, i.e. -q given
+# once more on top of the -q above: then the exit status alone is reported).
+summary="$(grep -E '^=*\s*[0-9]+ (passed|failed|error|errors|skipped|deselected|xfailed|xpassed)|no tests ran' "$out" | tail -n 1 | sed -E 's/^=+ *//; s/ *=+$//' || true)"
 case "$rc" in
   0) echo "test.sh: PASSED: ${summary:-?}" ;;
   5) echo "test.sh: FAILED: pytest collected no tests (${*:-tests}); that is treated as a failure" >&2

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from .pack_import import PACK, comfy_nodes_module, pack_module
+from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
 
 TAGS = "pop, piano, upbeat, female vocal"
 LYRICS = "[verse]\nHello (ooh) world, we sing tonight\n\n[chorus]\nLa la la (yeah)"
@@ -34,13 +34,11 @@ SEED, STEPS, CFG = 42, 3, 3.0
 @pytest.fixture(scope="module")
 def comfy_env():
     """ComfyUI modules the tests drive, with ComfyUI's `nodes` in place."""
-    import importlib
     import comfy.utils
-    nodes = comfy_nodes_module()
-    env = {"nodes": nodes}
+    env = {"nodes": comfy_nodes_module()}
     comfy.utils.PROGRESS_BAR_ENABLED = False     # no tqdm bars in the test log
-    for name in ("nodes_ace", "nodes_audio", "nodes_latent", "nodes_model_advanced", "nodes_custom_sampler"):
-        env[name] = importlib.import_module(f"comfy_extras.{name}")
+    env.update(comfy_extras("nodes_ace", "nodes_audio", "nodes_latent", "nodes_model_advanced",
+                            "nodes_custom_sampler"))
     return env
 
 
@@ -550,10 +548,13 @@ def test_vae_decode_audio(comfy_env, loaded):
     assert audio["waveform"].dtype == torch.float32 and torch.isfinite(audio["waveform"]).all()
 
 
-def test_vae_decode_is_chunked_and_seamless(loaded):
+def test_vae_decode_is_chunked_and_seamless(loaded, monkeypatch):
     """A latent longer than one window decodes window by window (memory set by the window, not
     the length) with progress per window, to the audio of a one-piece decode."""
     import comfy.utils
+    # ComfyUI 0.20 sends at most one progress update per 100 ms (comfy/utils.py,
+    # ProgressBar.update_absolute); every window's update is counted here.
+    monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0, raising=False)
     _, _, vae = loaded
     frames = 70
     latent = torch.randn(1, 8, 16, frames, generator=torch.Generator().manual_seed(2))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from .pack_import import PACK, comfy_nodes_module, pack_module
+from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
 
 TAGS = "pop, piano, upbeat, female vocal"
 LYRICS = "[verse]\nHello world, we sing tonight\n\n[chorus]\nLa la la"
@@ -35,8 +35,7 @@ def env():
     nodes = comfy_nodes_module()
     comfy.utils.PROGRESS_BAR_ENABLED = False
     out = {"nodes": nodes}
-    for name in ("nodes_ace", "nodes_custom_sampler"):
-        out[name] = importlib.import_module(f"comfy_extras.{name}")
+    out.update(comfy_extras("nodes_ace", "nodes_custom_sampler"))
     pack = pack_module()
     out["pack"] = pack
     for name in ("tasks", "guidance", "lora", "loaders"):
