@@ -292,6 +292,56 @@ def test_region_picker_drag_sets_widgets_and_the_run_uses_them(comfy_server, pag
     assert rate == SAMPLE_RATE and np.isfinite(data).all() and data.shape[0] > 0
 
 
+SET_REGION_JS = """([id, start, end]) => { const n = window.app.graph.getNodeById(id);
+    for (const [name, value] of [['start_seconds', start], ['end_seconds', end]]) {
+        const w = n.widgets.find(w => w.name === name); w.value = value; w.callback?.(value); } }"""
+# The canvas' pixel (red, green, blue) at time t, near its bottom edge (below the waveform).
+PIXEL_AT_JS = """([selector, t]) => { const root = document.querySelector(selector);
+    const canvas = root.querySelector('canvas'); const view = JSON.parse(root.dataset.view);
+    const f = (t - view[0]) / (view[1] - view[0]);
+    const d = canvas.getContext('2d').getImageData(Math.round(f * (canvas.width - 1)), canvas.height - 3, 1, 1).data;
+    return [d[0], d[1], d[2]]; }"""
+
+
+def test_region_picker_shows_regions_outside_the_song(page):
+    """Past the end of the song, and start after end, are shown where the user looks: the part
+    beyond the song is marked on the waveform, the bar says "past the end of the song (3.00 s)"
+    (seconds, no frame numbers), and start >= end is an error state, not a swapped region."""
+    ui = page
+    wave = wait_for_waveform(ui, "repaint")
+    song = wave["duration"]
+    selector = wave_selector("repaint")
+    state_js = f"""() => {{ const r = document.querySelector('{selector}');
+        return {{problem: r.dataset.problem, level: r.dataset.problemLevel, view: JSON.parse(r.dataset.view),
+                 text: r.querySelector('.acestep-wave-problem').textContent}}; }}"""
+
+    def region(start, end):
+        ui.evaluate(SET_REGION_JS, [REPAINT, start, end])
+        ui.page.wait_for_timeout(700)   # the picker polls the widgets every 250 ms
+        return ui.evaluate(state_js)
+
+    shown = region(20.0, 30.0)                                   # all of it after a 3 s song
+    assert shown["problem"] == "after-the-song" and shown["level"] == "error", shown
+    assert shown["text"] == f"⚠ region starts past the end of the song ({song:.2f} s)"
+    assert shown["view"][1] > 30.0                                  # the region is on the canvas
+
+    shown = region(30.0, 10.0)                                   # start after end
+    assert shown["problem"] == "start-after-end" and shown["level"] == "error", shown
+    assert "start 30.00 s is not before end 10.00 s" in shown["text"]
+    assert ui.evaluate(WIDGETS_JS, REPAINT)["start_seconds"] == 30.0   # nothing swapped behind the user's back
+
+    shown = region(1.0, 2 * song)                                # ends after the song: clamped at run time
+    assert shown["problem"] == "ends-after-the-song" and shown["level"] == "warning", shown
+    assert f"past the end of the song ({song:.2f} s)" in shown["text"] and "frame" not in shown["text"]
+    inside = ui.evaluate(PIXEL_AT_JS, [selector, 0.5 * (1.0 + song)])
+    beyond = ui.evaluate(PIXEL_AT_JS, [selector, 1.5 * song])
+    print(f"region pixel inside the song {inside}, past its end {beyond}")
+    assert beyond[0] - beyond[1] > inside[0] - inside[1] + 10, (inside, beyond)   # redder: marked
+
+    shown = region(0.5, 1.5)
+    assert shown["problem"] == "" and shown["text"] == "" and shown["view"] == [0, pytest.approx(song)]
+
+
 def test_lyric_editor_matches_the_tokenizer(comfy_server, tiny_checkpoints, page, readme_images):
     from acestep_core.text.lyrics import LyricTokenizer
     from acestep_core.text.vocab import find_lyric_vocab

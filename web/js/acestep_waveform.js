@@ -35,6 +35,10 @@ const STYLE = `
   color: var(--input-text, #ddd); background: var(--comfy-menu-bg, #333); border: 1px solid var(--border-color, #555); }
 .acestep-wave-bar button:disabled { opacity: 0.4; cursor: default; }
 .acestep-wave-info { opacity: 0.75; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.acestep-wave-problem { flex: none; font-weight: 600; white-space: nowrap; }
+.acestep-wave-problem[data-level="error"] { color: #ff6b6b; }
+.acestep-wave-problem[data-level="warning"] { color: #ffb86b; }
+.acestep-wave[data-problem-level="error"] canvas { border-color: #ff6b6b; }
 `;
 
 function addStyle() {
@@ -181,7 +185,9 @@ function attachPicker(node, spec) {
   play.disabled = true;
   const info = document.createElement("span");
   info.className = "acestep-wave-info";
-  bar.append(play, info);
+  const problemText = document.createElement("span");
+  problemText.className = "acestep-wave-problem";
+  bar.append(play, problemText, info);
   root.append(canvas, bar);
   const audio = new Audio();
   audio.preload = "none";
@@ -216,9 +222,32 @@ function attachPicker(node, spec) {
     const pad = Math.max(state.duration * 0.5, getA() * 1.15, getB() * 1.15, 5);
     return [-pad, state.duration + pad];
   }
+  // Repaint: the song, and past its end as far as the region reaches (that part is marked).
+  function repaintView() {
+    const reach = Math.max(getA(), getB());
+    return reach > state.duration ? [0, reach + Math.max(0.05 * reach, 0.2)] : [0, state.duration];
+  }
   function currentView() {
     if (state.drag?.view) return state.drag.view;
-    return spec.mode === "extend" ? extendView() : [0, state.duration];
+    return spec.mode === "extend" ? extendView() : repaintView();
+  }
+  // What is wrong with the repaint region, in the words the run would use (seconds only):
+  // {level: "error" | "warning", code, text} or null.
+  function repaintProblem() {
+    if (spec.mode !== "repaint" || !state.peaks) return null;
+    const start = getA(), end = getB(), song = fmt(state.duration);
+    if (start >= end) {
+      return { level: "error", code: "start-after-end",
+               text: `start ${fmt(start)} is not before end ${fmt(end)}` };
+    }
+    if (start >= state.duration) {
+      return { level: "error", code: "after-the-song", text: `region starts past the end of the song (${song})` };
+    }
+    if (end > state.duration) {
+      return { level: "warning", code: "ends-after-the-song",
+               text: `end is past the end of the song (${song}): repainted up to the end` };
+    }
+    return null;
   }
   // Region in song time: repaint [start, end]; extend [-left, duration + right].
   function region() {
@@ -252,6 +281,7 @@ function attachPicker(node, spec) {
       lines.forEach((line, i) => g.fillText(line, cssW / 2, cssH / 2 + (i - (lines.length - 1) / 2) * 16, cssW - 12));
       root.dataset.state = state.loading ? "loading" : state.error ? "error" : "empty";
       root.dataset.message = message;
+      showProblem(null);
       return;
     }
     const view = currentView();
@@ -285,18 +315,27 @@ function attachPicker(node, spec) {
     g.strokeStyle = "rgba(255,255,255,0.15)";
     g.beginPath(); g.moveTo(0, mid + 0.5); g.lineTo(cssW, mid + 0.5); g.stroke();
 
-    // The region.
+    // Past the end of the song (repaint): marked, so a region there is seen to be outside it.
+    const problem = repaintProblem();
+    if (spec.mode === "repaint" && view[1] > state.duration) {
+      g.fillStyle = "rgba(255, 60, 60, 0.18)";
+      g.fillRect(x(state.duration), 0, cssW - x(state.duration), cssH);
+      g.fillStyle = "rgba(255, 120, 120, 0.9)";
+      g.textAlign = "right";
+      g.fillText(`past the end of the song (${fmt(state.duration)})`, cssW - 6, cssH - 10, cssW - x(state.duration) - 8);
+    }
+    // The region. Start after end is an error: drawn red between the two, never swapped.
     const [r0, r1] = region();
     const lo = Math.min(r0, r1), hi = Math.max(r0, r1);
     if (spec.mode === "repaint") {
-      g.fillStyle = "rgba(255, 170, 60, 0.28)";
+      g.fillStyle = problem?.code === "start-after-end" ? "rgba(255, 60, 60, 0.30)" : "rgba(255, 170, 60, 0.28)";
       g.fillRect(x(lo), 0, x(hi) - x(lo), cssH);
     } else {
       g.fillStyle = "rgba(120, 220, 120, 0.22)";
       g.fillRect(x(lo), 0, x(0) - x(lo), cssH);
       g.fillRect(x(state.duration), 0, x(hi) - x(state.duration), cssH);
     }
-    g.strokeStyle = spec.mode === "repaint" ? "#ffaa3c" : "#78dc78";
+    g.strokeStyle = problem?.level === "error" ? "#ff6b6b" : spec.mode === "repaint" ? "#ffaa3c" : "#78dc78";
     g.lineWidth = 2;
     for (const t of [lo, hi]) { g.beginPath(); g.moveTo(x(t), 0); g.lineTo(x(t), cssH); g.stroke(); }
     // Playhead.
@@ -308,10 +347,21 @@ function attachPicker(node, spec) {
     g.fillStyle = "rgba(255,255,255,0.85)";
     g.textAlign = "left";
     const label = spec.mode === "repaint"
-      ? `repaint ${fmt(lo)} → ${fmt(hi)}`
+      ? `repaint ${fmt(getA())} → ${fmt(getB())}`
       : `+${fmt(getA())} before · +${fmt(getB())} after`;
     g.fillText(label, 6, 10);
     root.dataset.state = "ready";
+    showProblem(problem);
+  }
+
+  function showProblem(problem) {
+    problemText.textContent = problem ? `⚠ ${problem.text}` : "";
+    problemText.title = problem
+      ? (problem.level === "error" ? "The run will stop at this node with this error." : "The run clamps the region.")
+      : "";
+    problemText.dataset.level = problem?.level ?? "";
+    root.dataset.problem = problem?.code ?? "";
+    root.dataset.problemLevel = problem?.level ?? "";
   }
 
   function updateInfo() {
