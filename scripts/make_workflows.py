@@ -454,8 +454,10 @@ def api_prompt(spec: dict) -> dict:
 # Settings for the page that builds the files: export without a file-name prompt, and without
 # the view (pan / zoom) of this browser, so that ComfyUI fits the graph to the user's screen
 # when the file is opened.
-EXPORT_SETTINGS = {"Comfy.PromptFilename": False, "Comfy.EnableWorkflowViewRestore": False}
-SETTING_DEFAULTS = {"Comfy.PromptFilename": True, "Comfy.EnableWorkflowViewRestore": True}   # frontend 1.32.9
+EXPORT_SETTINGS = {"Comfy.PromptFilename": False, "Comfy.EnableWorkflowViewRestore": False,
+                   "Comfy.Minimap.Visible": False}   # no minimap in the Templates pictures
+SETTING_DEFAULTS = {"Comfy.PromptFilename": True, "Comfy.EnableWorkflowViewRestore": True,
+                    "Comfy.Minimap.Visible": True}   # frontend 1.32.9
 
 BUILD_GRAPH_JS = """async ([api, name, columns, note, titles, models, gaps]) => {
     const app = window.app;
@@ -530,6 +532,28 @@ def build_in_page(page, name: str, spec: dict) -> str:
 
 
 THUMBNAIL_WIDTH, THUMBNAIL_QUALITY = 480, 70
+# Screen margins (left, top, right, bottom) that the frontend's own bars may cover.
+THUMBNAIL_MARGINS = (70, 110, 20, 30)
+# Zoom and pan so the whole graph fills the screen inside the margins; returns its screen box.
+FRAME_GRAPH_JS = """([[left, top, right, bottom], pad]) => {
+    const app = window.app, canvas = app.canvas, title = LiteGraph.NODE_TITLE_HEIGHT;
+    canvas.deselectAll();
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const n of app.graph.nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const r = canvas.canvas.getBoundingClientRect();
+    const width = r.width - left - right, height = r.height - top - bottom;
+    const scale = Math.min(width / (x1 - x0 + 2 * pad), height / (y1 - y0 + 2 * pad));
+    canvas.ds.scale = scale;
+    canvas.ds.offset = [(left + (width - (x1 - x0) * scale) / 2) / scale - x0,
+                        (top + (height - (y1 - y0) * scale) / 2) / scale - y0];
+    app.graph.setDirtyCanvas(true, true);
+    canvas.draw(true, true);
+    const sx = (x) => r.x + (x + canvas.ds.offset[0]) * scale, sy = (y) => r.y + (y + canvas.ds.offset[1]) * scale;
+    return {x: sx(x0 - pad), y: sy(y0 - pad), width: (x1 - x0 + 2 * pad) * scale, height: (y1 - y0 + 2 * pad) * scale};
+}"""
 
 
 def thumbnail(page) -> bytes:
@@ -540,10 +564,8 @@ def thumbnail(page) -> bytes:
 
     from PIL import Image
 
-    page.evaluate("() => { window.app.canvas.deselectAll(); window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
-    page.wait_for_timeout(800)
-    box = page.evaluate("() => { const r = document.getElementById('graph-canvas').getBoundingClientRect(); "
-                        "return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
+    box = page.evaluate(FRAME_GRAPH_JS, [THUMBNAIL_MARGINS, 24])
+    page.wait_for_timeout(800)   # DOM widgets (lyrics, waveform panels) follow the new view
     picture = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
     picture.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
     out = io.BytesIO()
