@@ -49,10 +49,12 @@ _DEFAULT = object()            # "use the default" (None means "no windowing")
 
 
 def window_frames_for_budget(budget_bytes: float, dtype: torch.dtype = torch.float32,
-                             overlap: int = DEFAULT_OVERLAP_FRAMES) -> int:
-    """The longest window (latent frames) whose decode activations fit in `budget_bytes`; never
-    shorter than two overlaps, the least a window can be."""
-    per_frame = DECODE_BYTES_PER_FRAME * torch.finfo(dtype).bits / 32
+                             overlap: int = DEFAULT_OVERLAP_FRAMES,
+                             bytes_per_frame: int = DECODE_BYTES_PER_FRAME) -> int:
+    """The longest window (latent frames) whose activations fit in `budget_bytes`, at
+    `bytes_per_frame` in float32 (default: this codec's decode); never shorter than two overlaps,
+    the least a window can be."""
+    per_frame = bytes_per_frame * torch.finfo(dtype).bits / 32
     return max(2 * overlap, int(budget_bytes // per_frame))
 
 
@@ -80,7 +82,7 @@ def plan_windows(total: int, chunk: int | None, overlap: int) -> list[tuple[int,
     return [(s, s + length) for s in starts]
 
 
-def _seams(windows: list[tuple[int, int]], fade_frames: int, frame: int) -> list[tuple[int, int]]:
+def seam_spans(windows: list[tuple[int, int]], fade_frames: int, frame: int) -> list[tuple[int, int]]:
     """Cross-fade span [begin, end) in samples between windows k and k + 1: centred in their
     overlap, `fade_frames` long (shorter if the overlap or the spacing of seams requires)."""
     centres = [(windows[k + 1][0] + windows[k][1]) * frame // 2 for k in range(len(windows) - 1)]
@@ -93,6 +95,20 @@ def _seams(windows: list[tuple[int, int]], fade_frames: int, frame: int) -> list
             length = min(length, centres[k + 1] - c)
         spans.append((c - length // 2, c - length // 2 + length))
     return spans
+
+
+def add_faded(out: torch.Tensor, piece: torch.Tensor, offset: int, left, right) -> None:
+    """out += piece weighted 0 -> 1 across the left seam, 1 between the seams, 1 -> 0 across
+    the right seam, 0 outside. Weights of the two windows sharing a seam sum to 1."""
+    begin = left[0] if left else offset
+    end = right[1] if right else offset + piece.shape[-1]
+    weight = torch.ones(end - begin, device=out.device)
+    for span, rising in ((left, True), (right, False)):
+        if span and span[1] > span[0]:
+            n = span[1] - span[0]
+            ramp = (torch.arange(n, device=out.device, dtype=torch.float32) + 0.5) / n
+            weight[span[0] - begin:span[1] - begin] = ramp if rising else 1.0 - ramp
+    out[:, begin:end] += piece[:, begin - offset:end - offset] * weight
 
 
 class AudioCodec(nn.Module):
@@ -136,7 +152,7 @@ class AudioCodec(nn.Module):
         chunk = default_window_frames(self.device, dtype) if chunk_frames is _DEFAULT else chunk_frames
         batch, frames = latent.shape[0], latent.shape[-1]
         windows = plan_windows(frames, chunk, overlap_frames)
-        seams = _seams(windows, overlap_frames // 4, self.frame_samples)
+        seams = seam_spans(windows, overlap_frames // 4, self.frame_samples)
         total, done = batch * len(windows), 0
         out = torch.zeros(batch, self.channels, frames * self.frame_samples, device=self.device)
         for b in range(batch):
@@ -151,27 +167,13 @@ class AudioCodec(nn.Module):
             features = decoder.latent_part(z, chunk=min(chunk, LATENT_PIECE_FRAMES))
             for k, (start, end) in enumerate(windows):
                 piece = self._mel_to_wave(decoder.local_part(features[..., start:end]))
-                self._add_faded(out[b], piece, start * self.frame_samples,
+                add_faded(out[b], piece, start * self.frame_samples,
                                 seams[k - 1] if k > 0 else None, seams[k] if k < len(seams) else None)
                 del piece
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
         return out.to(latent.device)
-
-    @staticmethod
-    def _add_faded(out: torch.Tensor, piece: torch.Tensor, offset: int, left, right) -> None:
-        """out += piece weighted 0 -> 1 across the left seam, 1 between the seams, 1 -> 0 across
-        the right seam, 0 outside. Weights of the two windows sharing a seam sum to 1."""
-        begin = left[0] if left else offset
-        end = right[1] if right else offset + piece.shape[-1]
-        weight = torch.ones(end - begin, device=out.device)
-        for span, rising in ((left, True), (right, False)):
-            if span and span[1] > span[0]:
-                n = span[1] - span[0]
-                ramp = (torch.arange(n, device=out.device, dtype=torch.float32) + 0.5) / n
-                weight[span[0] - begin:span[1] - begin] = ramp if rising else 1.0 - ramp
-        out[:, begin:end] += piece[:, begin - offset:end - offset] * weight
 
     # -----------------------------------------------------------------------------------------
     # encode
