@@ -10,20 +10,40 @@ We build each of them around the modules of ``acestep_core`` instead of ComfyUI'
 classes, so that KSampler, SamplerCustomAdvanced, ModelSamplingSD3, CFGGuider, LoRA loading, the
 built-in TextEncodeAceStepAudio and VAEEncodeAudio / VAEDecodeAudio all work unchanged.
 
-Two ComfyUI mechanisms shape the code below:
+The modules are built the way ComfyUI builds its own models, so ComfyUI's memory manager and
+every model patch (LoRA, EasyCache, attention replacements, wrappers from other packs) act on
+them as on ComfyUI's:
 
-* Memory management. ``ModelPatcher.load`` only moves *leaf modules that own parameters* to the GPU
-  unless it does a "full load"; with the default (NORMAL_VRAM) state it does a partial load, and
-  lower-VRAM GPUs offload whole layers. ComfyUI's own networks cope because their layers are
-  ``comfy.ops`` classes (which cast weights to the input's device on the fly) and because they
-  ``cast_to`` any loose parameter at its point of use. Our modules are plain PyTorch, so
-  ``make_comfy_managed`` (1) turns standard layers into the equivalent ``comfy.ops`` classes
-  (same parameters, same math when not offloaded), (2) gives every other module that holds
-  tensors directly a pre-forward hook that moves them to the device of its input, and (3) lets
-  modules that read a layer's weight instead of calling the layer (our feed-forward's 1x1
-  convs, the lyric embedding's device) see that weight on the input's device, patched.
+* Layers come from ComfyUI's operations (``comfy.ops.pick_operations``: ``disable_weight_init``,
+  or ``manual_cast`` when the weights are held in a narrower dtype than the model computes in,
+  e.g. the released 16-bit weights with a float32 CPU compute), extended by
+  ``acestep_cast_weight_bias`` for the core's fast paths. ModelPatcher's low-VRAM loading then
+  offloads layers and applies patches on the fly; tensors a module owns directly are cast at
+  their point of use by the core (``acestep_core.ops.cast_like``). No hooks, no class swaps.
+* The MODEL is ``model_config.get_model`` -> ``BaseModel.__init__(unet_model=...)``, the
+  transformer runs through the ``DIFFUSION_MODEL`` wrappers, and ``transformer_options`` reaches
+  every block (``attn1`` / ``attn2`` / ``dit`` replacements, see acestep_core.models.transformer).
 * Conditioning. ``extra_conds`` turns a CONDITIONING entry into the diffusion model's keyword
   arguments; ours follows ``comfy.model_base.ACEStep.extra_conds`` (see ``AceStepModel``).
+
+ComfyUI internals this module relies on (tests/comfyui/test_comfy_internals.py checks each one
+and names it when a ComfyUI release moves it):
+
+  comfy.ops: pick_operations, cast_bias_weight, CastWeightBiasOp, the layer classes'
+      comfy_cast_weights / weight_function / bias_function;
+  comfy.patcher_extension: WrapperExecutor.new_class_executor, get_all_wrappers, WrappersMP.DIFFUSION_MODEL;
+  comfy.model_base: BaseModel.__init__(model_config, model_type, device, unet_model), ModelType.FLOW,
+      BaseModel.extra_conds, ACEStep (LoRA key mapping in comfy/lora.py);
+  comfy.supported_models_base.BASE (set_inference_dtype, manual_cast_dtype);
+  comfy.model_patcher.ModelPatcher(model, load_device, offload_device);
+  comfy.sd.CLIP(target, model_options={"dtype", "initial_device", "offload_device"}) and its patcher;
+  comfy.sd.VAE: the attributes its methods and the audio nodes read, set by AceStepVAE.__init__
+      (VAE.__init__ would build ComfyUI's own network), see AceStepVAE;
+  comfy.conds.CONDRegular / CONDConstant; comfy.latent_formats.ACEAudio;
+  comfy.model_management: get_torch_device, unet_offload_device, text_encoder_offload_device,
+      vae_device, vae_offload_device, intermediate_device, get_free_memory, load_models_gpu,
+      dtype_size, throw_exception_if_processing_interrupted;
+  comfy.utils.ProgressBar.
 """
 from __future__ import annotations
 
@@ -40,12 +60,14 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import comfy.patcher_extension
 import comfy.sd
 import comfy.supported_models_base
 import comfy.utils
 
 from acestep_core.codec import CPU_WINDOW_BUDGET, DEFAULT_OVERLAP_FRAMES, window_frames_for_budget
 from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLES_PER_FRAME
+from acestep_core.models.transformer import AceStepTransformer
 
 from .notices import warn_user
 
@@ -56,134 +78,51 @@ MEMORY_USAGE_FACTOR = 0.5        # ComfyUI's value for ACE-Step's transformer (s
 
 
 # =============================================================================================
-# Letting ComfyUI's memory manager move our modules
+# Layers: ComfyUI's operations
 # =============================================================================================
-def _comfy_op_classes() -> dict[type, type]:
-    """Plain torch layer -> the comfy.ops class with identical parameters and forward."""
-    ops = comfy.ops.disable_weight_init
-    names = ("Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "LayerNorm",
-             "GroupNorm", "Embedding")
-    return {getattr(nn, n): getattr(ops, n) for n in names if hasattr(ops, n) and hasattr(nn, n)}
+_LAYER_NAMES = ("Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "LayerNorm", "GroupNorm",
+                "Embedding", "RMSNorm")
+_OPERATIONS: dict[type, type] = {}
 
 
-def _first_tensor_device(args, kwargs):
-    for value in list(args) + list(kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return None
+def _acestep_cast_weight_bias(layer, like: torch.Tensor, dtype: torch.dtype):
+    """``acestep_core.ops.cast_weight_bias`` served by a ComfyUI layer: its weight and bias on
+    ``like``'s device in ``dtype``, offloaded weights fetched and weight patches (LoRA under
+    low-VRAM loading) applied, through ``comfy.ops.cast_bias_weight`` whenever ModelPatcher marked
+    the layer for casting or the weight is elsewhere or in another dtype; else the parameters."""
+    if layer.comfy_cast_weights or layer.weight_function or layer.bias_function \
+            or layer.weight.device != like.device or layer.weight.dtype != dtype:
+        return comfy.ops.cast_bias_weight(layer, like, dtype=dtype, device=like.device, bias_dtype=dtype)
+    return layer.weight, getattr(layer, "bias", None)
 
 
-def _follow_input_device(module: nn.Module, args, kwargs):
-    """Forward pre-hook: bring this module's own (non-recursive) tensors to the input's device.
-
-    ModelPatcher's partial load skips modules that own a tensor *and* have children with
-    parameters (e.g. a block's ``scale_shift_table``) and modules holding only buffers; this is
-    how those tensors reach the GPU. A no-op once they are there."""
-    device = _first_tensor_device(args, kwargs)
-    if device is None:
-        return None
-    for tensors in (module._parameters, module._buffers):
-        for name, tensor in tensors.items():
-            if tensor is not None and tensor.device != device:
-                tensor.data = tensor.data.to(device)
-    return None
-
-
-_CONTAINERS = (nn.ModuleDict, nn.Sequential)
-
-
-def _held_layers(owner: nn.Module) -> list[nn.Module]:
-    """comfy.ops layers that ``owner`` holds directly or inside ModuleDict / Sequential
-    containers: the layers whose weights its forward may read directly (``F.linear(x,
-    layer.weight)``, ``ids.to(layer.weight.device)``) instead of calling them. Layers in a
-    ModuleList belong to modules of their own (blocks) or are not run at all (REPA heads)."""
-    held = []
-    for child in owner.children():
-        if isinstance(child, comfy.ops.CastWeightBiasOp):
-            held.append(child)
-        elif type(child) in _CONTAINERS:
-            held += _held_layers(child)
-    return held
-
-
-def _needs_cast(layer: nn.Module, device: torch.device) -> bool:
-    return bool(layer.comfy_cast_weights or layer.weight_function or layer.bias_function) or \
-        layer.weight.device != device
-
-
-def _bring_held_weights(owner: nn.Module, args, kwargs):
-    """Forward pre-hook: give the held layers that ModelPatcher left offloaded (or patches as
-    weight functions) their weights on the input's device, patched, for this forward only.
-
-    While swapped in, a layer behaves as a plain loaded layer (its casting flags are cleared),
-    so calling it does not apply a LoRA patch a second time. ``_restore_held_weights`` undoes
-    it, also when the forward raises (always_call)."""
-    _restore_held_weights(owner)
-    device = _first_tensor_device(args, kwargs)
-    if device is None:
-        return None
-    swapped = []
-    for layer in owner._acestep_held:
-        if getattr(layer, "weight", None) is None or not _needs_cast(layer, device):
+def with_cast_weight_bias(operations: type) -> type:
+    """``operations`` (a ``comfy.ops`` namespace class) with each layer class extended by
+    ``acestep_cast_weight_bias``: a subclass per layer, nothing else changed, cached so a class is
+    made once per namespace. Namespaces from other packs (e.g. GGUF's ``custom_operations``) get
+    the same: their layers' own casting is reached through ``comfy.ops.cast_bias_weight``."""
+    cached = _OPERATIONS.get(operations)
+    if cached is not None:
+        return cached
+    layers = {}
+    for name in _LAYER_NAMES:
+        base = getattr(operations, name, None)
+        if base is None or not issubclass(base, comfy.ops.CastWeightBiasOp):
             continue
-        dtype = layer.weight.dtype
-        bias_dtype = layer.bias.dtype if getattr(layer, "bias", None) is not None else None
-        weight, bias = comfy.ops.cast_bias_weight(layer, None, dtype, device, bias_dtype)
-        saved = ({k: layer._parameters.get(k) for k in ("weight", "bias") if k in layer._parameters},
-                 {k: layer.__dict__[k] for k in ("comfy_cast_weights", "weight_function", "bias_function")
-                  if k in layer.__dict__})
-        layer._parameters["weight"] = weight
-        if bias is not None and "bias" in layer._parameters:
-            layer._parameters["bias"] = bias
-        layer.comfy_cast_weights, layer.weight_function, layer.bias_function = False, [], []
-        swapped.append((layer, saved))
-    owner._acestep_swapped = swapped
-    return None
+        layers[name] = type(base.__name__, (base,), {"acestep_cast_weight_bias": _acestep_cast_weight_bias,
+                                                    "__module__": __name__,
+                                                    "__qualname__": f"{operations.__name__}.{name}"})
+    cached = type(operations.__name__, (operations,), dict(layers, __module__=__name__))
+    _OPERATIONS[operations] = cached
+    return cached
 
 
-def _restore_held_weights(owner: nn.Module, *unused):
-    swapped = owner.__dict__.pop("_acestep_swapped", None) or []
-    for layer, (params, flags) in reversed(swapped):
-        layer._parameters.update(params)
-        for key in ("comfy_cast_weights", "weight_function", "bias_function"):
-            layer.__dict__.pop(key, None)
-        layer.__dict__.update(flags)
-    return None
-
-
-def make_comfy_managed(module: nn.Module) -> nn.Module:
-    """Prepare a plain PyTorch module for ComfyUI's partial / low-VRAM loading (in place).
-
-    1. Standard layers change class to their ``comfy.ops`` twin: a subclass with the same
-       parameters whose forward is the parent's unless ModelPatcher asks it to cast offloaded
-       weights (``comfy_cast_weights``) or to apply patches on the fly (``weight_function``).
-    2. Every other module that owns tensors directly gets ``_follow_input_device``.
-    3. Modules that hold such layers (directly or in ModuleDict / Sequential) get
-       ``_bring_held_weights``, for forwards that read a layer's weight instead of calling it.
-    Hooks only act when a tensor is on another device or a layer is marked for casting, so a
-    fully loaded model runs exactly as before. Idempotent."""
-    swaps = _comfy_op_classes()
-    for sub in module.modules():
-        target = swaps.get(type(sub))
-        if target is not None:
-            sub.__class__ = target
-            if isinstance(sub, nn.Embedding) and not hasattr(sub, "bias"):
-                sub.bias = None  # comfy's cast helper reads .bias; its Embedding sets it in reset_parameters
-    for sub in module.modules():
-        if isinstance(sub, comfy.ops.CastWeightBiasOp) or type(sub) in _CONTAINERS \
-                or getattr(sub, "_acestep_managed", False):
-            continue
-        sub._acestep_managed = True
-        owns_tensors = any(t is not None for t in sub._parameters.values()) or \
-            any(t is not None for t in sub._buffers.values())
-        if owns_tensors:
-            sub.register_forward_pre_hook(_follow_input_device, with_kwargs=True)
-        held = _held_layers(sub)
-        if held:
-            sub._acestep_held = held
-            sub.register_forward_pre_hook(_bring_held_weights, with_kwargs=True)
-            sub.register_forward_hook(_restore_held_weights, always_call=True)
-    return module
+def pick_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype | None, load_device=None) -> type:
+    """ComfyUI's choice of layer classes for weights held in ``weight_dtype`` and computed in
+    ``compute_dtype`` (``comfy.ops.pick_operations``: disable_weight_init when they agree,
+    manual_cast when each weight must be cast at use), with acestep_cast_weight_bias."""
+    compute = None if compute_dtype == weight_dtype else compute_dtype
+    return with_cast_weight_bias(comfy.ops.pick_operations(weight_dtype, compute, load_device=load_device))
 
 
 def module_dtype(module: nn.Module, default=torch.float32) -> torch.dtype:
@@ -197,6 +136,15 @@ def module_device(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def build_component(source, weight_dtype: torch.dtype, compute_dtype: torch.dtype | None = None, config=None,
+                    load_device=None):
+    """An acestep_core component built on ComfyUI's operations for these dtypes, its weights
+    assigned from ``source`` (memory-mapped where the stored dtype is kept)."""
+    from acestep_core.loading import build_component as core_build
+    operations = pick_operations(weight_dtype, compute_dtype, load_device)
+    return core_build(source, weight_dtype, "cpu", config, operations=operations, compute_dtype=compute_dtype)
 
 
 # =============================================================================================
@@ -216,6 +164,28 @@ def _latent_format_class():
     return AceStepAudioLatent
 
 
+class AceStepDiffusionModel(AceStepTransformer):
+    """acestep_core's transformer as ComfyUI's ``diffusion_model``: built by ``BaseModel.__init__``
+    from the unet_config with the operations ComfyUI picks, on the meta device (the weights are
+    assigned afterwards), and run through ComfyUI's ``DIFFUSION_MODEL`` wrappers
+    (``comfy.patcher_extension``) as ComfyUI's own models are (comfy/ldm/ace/model.py,
+    ``ACEStepTransformer2DModel.forward``)."""
+
+    def __init__(self, acestep_config=None, dtype=None, device=None, operations=None, **unet_config):
+        # Whatever operations ComfyUI picked (or a pack put in model_config.custom_operations),
+        # extended so the core's fast paths read weights the way the layers' own forward does.
+        operations = with_cast_weight_bias(operations or comfy.ops.disable_weight_init)
+        with torch.device("meta"):
+            super().__init__(acestep_config, dtype=dtype, operations=operations)
+
+    def forward(self, x, timestep, context=None, transformer_options={}, **kwargs):
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._forward, self,
+            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                     transformer_options),
+        ).execute(x, timestep, context=context, transformer_options=transformer_options, **kwargs)
+
+
 class AceStepModelConfig(comfy.supported_models_base.BASE):
     """What ComfyUI reads from ``model.model_config``: sampling shift, latent format, memory
     factor and the state-dict prefixes used when a workflow saves a checkpoint."""
@@ -230,32 +200,10 @@ class AceStepModelConfig(comfy.supported_models_base.BASE):
     text_encoder_key_prefix = ["text_encoders."]
 
     def get_model(self, state_dict, prefix="", device=None):
-        raise NotImplementedError("AceStepModel is built by nodes.comfy_bridge.make_model_patcher")
+        return AceStepModel(self, device=device)
 
     def clip_target(self, state_dict={}):
         return None
-
-
-def unet_config_for(config, dtype: torch.dtype) -> dict:
-    """ComfyUI-style unet_config describing our transformer. ``disable_unet_model_creation`` makes
-    BaseModel skip building a network: we attach ours afterwards."""
-    return {
-        "audio_model": "ace",
-        "disable_unet_model_creation": True,
-        "in_channels": config.in_channels,
-        "out_channels": config.out_channels,
-        "num_layers": config.num_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "attention_head_dim": config.attention_head_dim,
-        "inner_dim": config.inner_dim,
-        "mlp_ratio": config.mlp_ratio,
-        "patch_size": list(config.patch_size),
-        "max_height": config.max_height,
-        "max_position": config.max_position,
-        "text_embedding_dim": config.text_embedding_dim,
-        "lyric_hidden_size": config.lyric_hidden_size,
-        "dtype": dtype,
-    }
 
 
 # Being an instance of ComfyUI's ACEStep class lets ComfyUI code that checks for it (comfy/lora.py
@@ -269,17 +217,19 @@ class AceStepModel(_ACE_BASE):
     Flow matching (ModelType.FLOW: the network predicts the velocity, x0 = x - sigma * v), timestep
     = 1000 * sigma, shift 3 by default (ModelSamplingSD3 replaces it)."""
 
-    def __init__(self, model_config: AceStepModelConfig, transformer: nn.Module, device=None):
-        # BaseModel.__init__ directly, not ACEStep.__init__: with disable_unet_model_creation it
-        # builds no network, and we do not depend on what ACEStep's constructor may add later.
+    def __init__(self, model_config: AceStepModelConfig, device=None):
+        # BaseModel.__init__ builds the network: unet_model(**unet_config, device, operations) with
+        # the operations it picks from the unet_config's dtype and the manual-cast dtype (or the
+        # config's custom_operations). ACEStep.__init__ is skipped because it names ComfyUI's own
+        # network as unet_model.
         comfy.model_base.BaseModel.__init__(self, model_config, model_type=comfy.model_base.ModelType.FLOW,
-                                            device=device)
-        self.diffusion_model = transformer
-        self.speaker_embedding_dim = int(getattr(getattr(transformer, "config", None),
-                                                 "speaker_embedding_dim", 512))
+                                            device=device, unet_model=AceStepDiffusionModel)
+        self.diffusion_model.compute_dtype = self.manual_cast_dtype
+        self.speaker_embedding_dim = self.diffusion_model.config.speaker_embedding_dim
 
     def get_dtype(self):
-        return module_dtype(self.diffusion_model)
+        """The weights' dtype (the compute dtype is ``manual_cast_dtype`` when it differs)."""
+        return self.diffusion_model.proj_in.early_conv_layers[0].weight.dtype
 
     def extra_conds(self, **kwargs):
         """Keyword arguments of the transformer from one conditioning entry, as ComfyUI's ACEStep:
@@ -312,20 +262,26 @@ class AceStepModel(_ACE_BASE):
         return out
 
 
-def make_model_patcher(transformer: nn.Module, dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
-    """MODEL for ComfyUI: our transformer inside an AceStepModel inside a ModelPatcher.
+def make_model_patcher(source, weight_dtype: torch.dtype, compute_dtype: torch.dtype | None = None,
+                       config=None) -> comfy.model_patcher.ModelPatcher:
+    """MODEL for ComfyUI from the transformer weights of a checkpoint (``source``: an
+    acestep_core ComponentSource).
 
-    The weights stay where they are (normally the CPU); ComfyUI moves them to the GPU when a
-    sampler needs them and back when memory is needed elsewhere."""
-    dtype = dtype or module_dtype(transformer)
-    make_comfy_managed(transformer)
-    model_config = AceStepModelConfig(unet_config_for(transformer.config, dtype))
-    model_config.set_inference_dtype(dtype, None)  # weights are stored in the compute dtype
-    model = AceStepModel(model_config, transformer, device=module_device(transformer))
+    ``weight_dtype`` is how the weights are held, ``compute_dtype`` what the model computes in
+    when that differs (ComfyUI's manual cast: each layer casts its weight at use). The model is
+    built the way ComfyUI builds its own (model_config.get_model -> BaseModel.__init__ ->
+    unet_model(**unet_config, operations)), then given the weights; they stay on the offload
+    device until a sampler needs them."""
+    from acestep_core.loading import assign_weights, infer_config
+    config = config or infer_config(source)
+    compute = None if compute_dtype in (None, weight_dtype) else compute_dtype
+    model_config = AceStepModelConfig({"audio_model": "ace", "acestep_config": config})
+    model_config.set_inference_dtype(weight_dtype, compute)
+    offload = mm.unet_offload_device()
+    model = model_config.get_model({}, device=offload)
+    assign_weights(model.diffusion_model, source, weight_dtype, "cpu")
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
-
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
 
 # =============================================================================================
 # CLIP
@@ -453,7 +409,6 @@ def make_clip(text_encoder: nn.Module, tag_tokenizer, lyric_tokenizer, spiece_mo
               dtype: torch.dtype | None = None) -> comfy.sd.CLIP:
     """CLIP for ComfyUI around our text encoder and tokenizers."""
     dtype = dtype or module_dtype(text_encoder)
-    make_comfy_managed(text_encoder)
     text_model = AceStepTextModel(text_encoder, dtype).eval()
     tokenizer = AceStepTokenizer(tag_tokenizer, lyric_tokenizer, spiece_model)
     offload = mm.text_encoder_offload_device()
@@ -652,4 +607,4 @@ def make_vae(codec, dtype: torch.dtype | None = None) -> AceStepVAE:
 
 
 __all__ = ["AceStepModel", "AceStepModelConfig", "AceStepTokenizer", "AceStepTextModel", "AceStepVAE",
-           "make_model_patcher", "make_clip", "make_vae", "make_comfy_managed"]
+           "make_model_patcher", "make_clip", "make_vae", "build_component", "pick_operations"]

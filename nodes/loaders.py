@@ -17,9 +17,11 @@ import comfy.model_management as mm
 import folder_paths
 
 from acestep_core.checkpoint import CheckpointError, is_folder_checkpoint, open_checkpoint, resolve_dtype
-from acestep_core.loading import load_checkpoint
+from acestep_core.codec import AudioCodec
+from acestep_core.config import AceStepConfig
+from acestep_core.loading import AceStepModels, infer_config
 
-from .comfy_bridge import make_clip, make_model_patcher, make_vae
+from .comfy_bridge import build_component, make_clip, make_model_patcher, make_vae
 
 SEARCHED_FOLDERS = ("checkpoints", "diffusion_models")
 FOLDER_SEARCH_DEPTH = 4          # enough for a Hugging Face cache: models--X/snapshots/<hash>/
@@ -131,15 +133,30 @@ def load_ace_step(ckpt_name: str, weight_dtype: str = "default"):
     params = sum(math.prod(shape) for shape in source.components["transformer"].shapes.values())
     unet_dtype, text_dtype, vae_dtype = choose_dtypes(weight_dtype, params)
 
-    diffusion = load_checkpoint(path, dtype=unet_dtype, components=("transformer",))
-    rest = load_checkpoint(path, dtype=text_dtype, vae_dtype=vae_dtype, components=("vae", "text_encoder"))
-    # Tokenizers are resolved here so that a missing tokenizer is reported by this node.
-    tag_tokenizer, lyric_tokenizer = rest.tag_tokenizer, rest.lyric_tokenizer
+    configs = {name: infer_config(part) for name, part in source.components.items()}
+    models = AceStepModels(source, AceStepConfig(**configs))
+    # Tokenizers are resolved first so that a missing tokenizer is reported before any weights load.
+    tag_tokenizer, lyric_tokenizer = models.tag_tokenizer, models.lyric_tokenizer
 
-    model = make_model_patcher(diffusion.transformer, unet_dtype)
-    clip = make_clip(rest.text_encoder, tag_tokenizer, lyric_tokenizer, rest.source.spiece_model, text_dtype)
-    vae = make_vae(rest.codec, vae_dtype)
+    transformer = source.components["transformer"]
+    model = make_model_patcher(transformer, held_dtype(unet_dtype, transformer.stored_float_dtype()), unet_dtype,
+                               configs["transformer"])
+    text_encoder = build_component(source.components["text_encoder"], text_dtype, config=configs["text_encoder"])
+    clip = make_clip(text_encoder, tag_tokenizer, lyric_tokenizer, source.spiece_model, text_dtype)
+    codec = AudioCodec(build_component(source.components["dcae"], vae_dtype, config=configs["dcae"]),
+                       build_component(source.components["vocoder"], vae_dtype, config=configs["vocoder"]))
+    vae = make_vae(codec, vae_dtype)
     return model, clip, vae
+
+
+def held_dtype(compute: torch.dtype, stored: torch.dtype | None) -> torch.dtype:
+    """How to hold weights stored in ``stored`` for a model computing in ``compute``: as stored
+    when that is narrower (16-bit weights for a float32 compute: half the memory of upcasting
+    them at load, and the same numbers, since ComfyUI's manual-cast layers upcast each weight at
+    use), else in ``compute`` (a narrower compute dtype is applied once, at load)."""
+    if stored is not None and stored.itemsize < compute.itemsize:
+        return stored
+    return compute
 
 
 class LoadAceStepCheckpoint:

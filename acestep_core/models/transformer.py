@@ -416,9 +416,9 @@ class AceStepTransformer(nn.Module):
 
     def _forward(self, x, timestep, attention_mask=None, context=None, text_attention_mask=None,
                  speaker_embeds=None, lyric_token_idx=None, lyric_mask=None, block_controlnet_hidden_states=None,
-                 controlnet_scale=1.0, lyrics_strength=1.0, transformer_options=None):
+                 controlnet_scale=1.0, lyrics_strength=1.0, transformer_options=None, **ignored):
         """The model itself; ``forward`` calls it (the ComfyUI bridge runs it through ComfyUI's
-        DIFFUSION_MODEL wrappers first)."""
+        DIFFUSION_MODEL wrappers first). Other keywords ComfyUI passes (``control``) are ignored."""
         ctx, ctx_mask = self.encode(context, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask,
                                     lyrics_strength)
         return self.decode(x, timestep, ctx, ctx_mask, attention_mask, x.shape[-1],

@@ -426,9 +426,10 @@ def test_low_vram_partial_load_gives_same_result(loaded, conds):
     delta = (partial - full).abs().max().item()
     print(f"\nlow-VRAM (all layers offloaded) vs full load, with LoRA: max|delta| = {delta:.3e}")
     assert delta <= 1e-5
-    assert torch.equal(again, without_lora)                  # nothing left patched or swapped
-    for m in transformer.modules():
-        assert "_acestep_swapped" not in m.__dict__
+    assert torch.equal(again, without_lora)                  # nothing left patched
+    # ComfyUI's machinery alone: no hooks and no layer classes of ours besides the operations'.
+    for name, m in transformer.named_modules():
+        assert not (m._forward_pre_hooks or m._forward_hooks), f"{name} has forward hooks"
 
 
 # =============================================================================================
