@@ -715,3 +715,154 @@ def test_lyrics_preview_node_shows_what_the_model_reads(pack):
     # Over the limit: the table says how much is cut.
     short = node.preview(lyrics, limit=5)["result"][0]
     assert "beyond the limit" in short and "warning" in short
+
+
+# =============================================================================================
+# Model patches: wrappers, attention / block replacements, EasyCache, LoRA on both models
+# =============================================================================================
+def _count_calls(module):
+    calls = []
+    handle = module.register_forward_pre_hook(lambda m, args: calls.append(1))
+    return calls, handle
+
+
+def test_diffusion_model_wrapper_runs_once_per_model_call(comfy_env, loaded, conds):
+    """A DIFFUSION_MODEL wrapper registered the way EasyCache and other packs do is called once per
+    call of the network, with the transformer_options of that call, and its result is used."""
+    import comfy.patcher_extension
+    model = loaded[0].clone()
+    model.model_options["transformer_options"]["acestep_test_marker"] = "here"
+    seen = []
+
+    def wrapper(executor, *args, **kwargs):
+        seen.append(kwargs["transformer_options"])
+        return executor(*args, **kwargs)
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "acestep_test", wrapper)
+    calls, handle = _count_calls(model.model.diffusion_model.proj_in)
+    try:
+        wrapped = _ksample(comfy_env, model, conds, _empty_latent(comfy_env))
+    finally:
+        handle.remove()
+    plain = _ksample(comfy_env, loaded[0], conds, _empty_latent(comfy_env))
+    assert len(seen) == len(calls) >= STEPS
+    assert all(options.get("acestep_test_marker") == "here" and "sigmas" in options for options in seen)
+    assert torch.equal(wrapped, plain)
+
+    def doubling(executor, *args, **kwargs):
+        return executor(*args, **kwargs) * 2.0
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "acestep_test", doubling)
+    assert (_ksample(comfy_env, model, conds, _empty_latent(comfy_env)) - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["attn1", "attn2"])
+def test_attention_replacement_applies_to_every_block(comfy_env, loaded, conds, name):
+    """set_model_attn1_replace / set_model_attn2_replace(patch, "double_block", i): the patch is
+    called in block i on every model call and its output is used. One that calls the original
+    attention leaves the latent bit-equal; one that returns zeros changes it."""
+    base = loaded[0]
+    blocks = len(base.model.diffusion_model.transformer_blocks)
+    calls = []
+
+    def through(q, k, v, extra_options):
+        calls.append(extra_options["block"])
+        assert extra_options["n_heads"] > 0 and extra_options["dim_head"] > 0
+        return extra_options["original_attention"](q, k, v)
+
+    def zeros(q, k, v, extra_options):
+        return torch.zeros_like(q)
+
+    def patched(patch):
+        model = base.clone()
+        for i in range(blocks):
+            getattr(model, f"set_model_{name}_replace")(patch, "double_block", i)
+        return model
+
+    plain = _ksample(comfy_env, base, conds, _empty_latent(comfy_env))
+    assert torch.equal(_ksample(comfy_env, patched(through), conds, _empty_latent(comfy_env)), plain)
+    assert len(calls) >= STEPS * blocks and len(calls) % blocks == 0
+    assert set(calls) == {("double_block", i) for i in range(blocks)}
+    zeroed = _ksample(comfy_env, patched(zeros), conds, _empty_latent(comfy_env))
+    assert (zeroed - plain).abs().max() > 1e-3
+
+
+def test_dit_block_replacement(comfy_env, loaded, conds):
+    """patches_replace["dit"][("double_block", i)] as ComfyUI's DiTs take it: called with
+    img/txt/vec/pe/transformer_options and the original block."""
+    base = loaded[0]
+    model = base.clone()
+    calls = []
+
+    def replace(args, extra):
+        calls.append(args["transformer_options"]["block_index"])
+        return extra["original_block"](args)
+
+    for i in range(len(base.model.diffusion_model.transformer_blocks)):
+        model.set_model_patch_replace(replace, "dit", "double_block", i)
+    plain = _ksample(comfy_env, base, conds, _empty_latent(comfy_env))
+    assert torch.equal(_ksample(comfy_env, model, conds, _empty_latent(comfy_env)), plain)
+    assert sorted(set(calls)) == list(range(len(base.model.diffusion_model.transformer_blocks)))
+
+
+def _easycache(comfy_env, model, threshold):
+    import importlib
+    node = importlib.import_module("comfy_extras.nodes_easycache").EasyCacheNode
+    return node.execute(model, threshold, 0.0, 1.0, False).result[0]
+
+
+def test_easycache_acts_on_our_model_as_on_comfyui_ace(comfy_env, model_dirs, loaded, conds, caplog):
+    """ComfyUI's stock EasyCache on our MODEL and on ComfyUI's own ACE-Step MODEL built from the
+    same weights: the same steps skipped and the same latent."""
+    import logging
+    reference = comfyui_reference_model(model_dirs["single"])
+    steps = 12
+    results = {}
+    for label, model in (("ours", loaded[0]), ("comfyui", reference)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            latent = _ksample(comfy_env, _easycache(comfy_env, model, 3.0), conds, _empty_latent(comfy_env),
+                              steps=steps)
+        lines = [r.getMessage() for r in caplog.records if "EasyCache - skipped" in r.getMessage()]
+        assert lines, f"EasyCache did not run on the {label} model"
+        results[label] = (latent, lines[-1])
+        plain = _ksample(comfy_env, model, conds, _empty_latent(comfy_env), steps=steps)
+        assert (latent - plain).abs().max() > 1e-4, f"EasyCache skipped nothing on the {label} model"
+    (ours, our_log), (theirs, their_log) = results["ours"], results["comfyui"]
+    print(f"\nours: {our_log}\nComfyUI ACE: {their_log}")
+    assert our_log == their_log and "skipped 0/" not in our_log
+    delta = (ours - theirs).abs().max().item()
+    assert delta <= 1e-4 * max(1.0, theirs.abs().max().item()), delta
+
+
+def test_stock_lora_loader_same_on_our_model_and_comfyui_ace(comfy_env, model_dirs, loaded, conds):
+    """LoraLoaderModelOnly with a LoRA in the released layout ('<module path>.lora_A/B.weight', no
+    alpha): the same latent on our MODEL as on ComfyUI's own ACE-Step MODEL."""
+    import comfy.utils
+    import folder_paths
+    transformer = loaded[0].model.diffusion_model
+    g = torch.Generator().manual_seed(11)
+    lora = {}
+    for target in ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.cross_attn.to_v",
+                   "transformer_blocks.0.ff.inverted_conv.conv"):
+        w = transformer.get_submodule(target).weight
+        lora[f"{target}.lora_A.weight"] = torch.randn(4, *w.shape[1:], generator=g) * 0.3
+        lora[f"{target}.lora_B.weight"] = torch.randn(w.shape[0], 4, *([1] * (w.ndim - 2)), generator=g) * 0.3
+    loras = model_dirs["checkpoints"].parent / "loras"
+    loras.mkdir(exist_ok=True)
+    path = loras / "released_layout.safetensors"
+    save_file(lora, str(path))
+    folder_paths.add_model_folder_path("loras", str(loras))
+    try:
+        node = comfy_env["nodes"].LoraLoaderModelOnly()
+        reference = comfyui_reference_model(model_dirs["single"])
+        ours = _ksample(comfy_env, node.load_lora_model_only(loaded[0], path.name, 1.0)[0], conds,
+                        _empty_latent(comfy_env))
+        theirs = _ksample(comfy_env, node.load_lora_model_only(reference, path.name, 1.0)[0], conds,
+                          _empty_latent(comfy_env))
+        plain = _ksample(comfy_env, loaded[0], conds, _empty_latent(comfy_env))
+    finally:
+        path.unlink()
+        folder_paths.folder_names_and_paths["loras"][0].remove(str(loras))
+    assert (ours - plain).abs().max() > 1e-3
+    assert (ours - theirs).abs().max().item() <= 1e-4 * max(1.0, theirs.abs().max().item())
