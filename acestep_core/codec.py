@@ -130,22 +130,24 @@ class AudioCodec(nn.Module):
     # -----------------------------------------------------------------------------------------
     # decode
     # -----------------------------------------------------------------------------------------
-    def _mel_to_wave(self, mel_norm: torch.Tensor) -> torch.Tensor:
+    def _mel_to_wave(self, mel_norm: torch.Tensor, check=None) -> torch.Tensor:
         """Normalised mel [1, channels, n_mels, F] from the DCAE -> waveform [channels, F * hop],
         float32."""
         mel = mel_norm.float() * 0.5 + 0.5
         mel = mel * (MEL_MAX - MEL_MIN) + MEL_MIN
-        return self.vocoder.decode(mel[0]).squeeze(1).float()   # both channels as a batch of 2
+        return self.vocoder.decode(mel[0], check).squeeze(1).float()   # both channels as a batch of 2
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, chunk_frames: int | None = _DEFAULT,
-               overlap_frames: int = DEFAULT_OVERLAP_FRAMES, on_progress: ProgressFn | None = None) -> torch.Tensor:
+               overlap_frames: int = DEFAULT_OVERLAP_FRAMES, on_progress: ProgressFn | None = None,
+               check: Callable[[], None] | None = None) -> torch.Tensor:
         """latent [B, 8, 16, T] -> waveform [B, 2, T * 4096], float32, on the latent's device.
 
         chunk_frames: window length in latent frames (default: default_window_frames); None
         decodes in one piece.
-        on_progress(done, total) is called after every window of every item; an exception raised
-        there (e.g. an interrupt) stops the decode and propagates."""
+        on_progress(done, total) is called after every window of every item, check() also inside
+        a window, after every block of the DCAE and the vocoder (a long window takes a while); an
+        exception raised by either (e.g. an interrupt) stops the decode and propagates."""
         if latent.ndim != 4 or latent.shape[-1] == 0:
             raise ValueError(f"expected a latent [B, 8, 16, T >= 1], got shape {tuple(latent.shape)}")
         decoder, dtype = self.dcae.decoder, self.dcae.dtype
@@ -159,14 +161,14 @@ class AudioCodec(nn.Module):
             z = latent[b:b + 1].to(self.device).float() / LATENT_SCALE + LATENT_SHIFT
             z = z.to(dtype)
             if len(windows) == 1:
-                out[b] = self._mel_to_wave(decoder(z))
+                out[b] = self._mel_to_wave(decoder(z, check), check)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
                 continue
             features = decoder.latent_part(z, chunk=min(chunk, LATENT_PIECE_FRAMES))
             for k, (start, end) in enumerate(windows):
-                piece = self._mel_to_wave(decoder.local_part(features[..., start:end]))
+                piece = self._mel_to_wave(decoder.local_part(features[..., start:end], check), check)
                 add_faded(out[b], piece, start * self.frame_samples,
                                 seams[k - 1] if k > 0 else None, seams[k] if k < len(seams) else None)
                 del piece
@@ -185,9 +187,13 @@ class AudioCodec(nn.Module):
 
     @torch.no_grad()
     def encode(self, waveform: torch.Tensor, chunk_frames: int | None = _DEFAULT,
-               overlap_frames: int = DEFAULT_OVERLAP_FRAMES, on_progress: ProgressFn | None = None) -> torch.Tensor:
+               overlap_frames: int = DEFAULT_OVERLAP_FRAMES, on_progress: ProgressFn | None = None,
+               check: Callable[[], None] | None = None) -> torch.Tensor:
         """waveform [B, 2, S] at 44.1 kHz (mono [B, 1, S] is duplicated) -> latent
-        [B, 8, 16, ceil(S / 4096)], float32, on the waveform's device. Windowing as in decode."""
+        [B, 8, 16, ceil(S / 4096)], float32, on the waveform's device. Windowing, progress and
+        check as in decode: the activations are those of one window whatever the length; what
+        grows with the length is the input and the latent-resolution features (64 KiB per frame
+        at the released width)."""
         if waveform.ndim != 3 or waveform.shape[1] not in (1, self.channels):
             raise ValueError(f"expected a waveform [B, {self.channels}, samples], got shape {tuple(waveform.shape)}")
         chunk = default_window_frames(self.device, self.dcae.dtype) if chunk_frames is _DEFAULT else chunk_frames
@@ -205,7 +211,7 @@ class AudioCodec(nn.Module):
         latents = []
         for b in range(wave.shape[0]):
             if len(windows) == 1:
-                z = encoder(self._normalise(self.vocoder.mel(wave[b]))[None].to(dtype))
+                z = encoder(self._normalise(self.vocoder.mel(wave[b]))[None].to(dtype), check)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
@@ -216,7 +222,7 @@ class AudioCodec(nn.Module):
                 for k, (start, end) in enumerate(windows):
                     lo, hi = front.frame_span(start * mel_per_frame, end * mel_per_frame)
                     mel = self._normalise(front.from_padded(padded[:, lo:hi]))[None].to(dtype)
-                    features = encoder.local_part(mel)
+                    features = encoder.local_part(mel, check)
                     parts.append(features[..., cuts[k] - start:cuts[k + 1] - start])
                     done += 1
                     if on_progress is not None:

@@ -65,7 +65,8 @@ import comfy.sd
 import comfy.supported_models_base
 import comfy.utils
 
-from acestep_core.codec import CPU_WINDOW_BUDGET, DEFAULT_OVERLAP_FRAMES, window_frames_for_budget
+from acestep_core.codec import (CPU_WINDOW_BUDGET, CUDA_FREE_MEMORY_SHARE, DEFAULT_OVERLAP_FRAMES,
+                                window_frames_for_budget)
 from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLES_PER_FRAME
 from acestep_core.models.transformer import AceStepTransformer
 
@@ -491,11 +492,16 @@ class AceStepVAE(comfy.sd.VAE):
         return self.window_frames or window_frames_for_budget(CPU_WINDOW_BUDGET, dtype, self.overlap_frames)
 
     def _window(self) -> int:
-        """Latent frames processed at once: as set, else what the free memory allows."""
+        """Latent frames processed at once: as set, else what a share of the free memory allows,
+        on the CPU at most CPU_WINDOW_BUDGET (RAM that looks free is shared with everything else,
+        and a bounded window keeps an encode's or decode's peak flat in the song's length and
+        the time to react to Cancel short)."""
         if self.window_frames:
             return self.window_frames
-        free = mm.get_free_memory(self.device)
-        return window_frames_for_budget(free * 0.8, self.vae_dtype, self.overlap_frames)
+        budget = mm.get_free_memory(self.device) * CUDA_FREE_MEMORY_SHARE
+        if torch.device(self.device).type != "cuda":
+            budget = min(budget, CPU_WINDOW_BUDGET)
+        return window_frames_for_budget(budget, self.vae_dtype, self.overlap_frames)
 
     def _load(self, memory_required: float):
         mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
@@ -506,7 +512,8 @@ class AceStepVAE(comfy.sd.VAE):
         self._load(self.memory_used_decode(latent.shape, self.vae_dtype))
         return self._per_item(latent, lambda one, on_progress: self.codec.decode(
             one, chunk_frames=self._window(), overlap_frames=self.overlap_frames,
-            on_progress=on_progress).movedim(1, -1))                       # [1, S, 2]
+            on_progress=on_progress, check=mm.throw_exception_if_processing_interrupted,
+        ).movedim(1, -1))                                                  # [1, S, 2]
 
     def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
         return self.decode(samples)  # decoding is always chunked along time
@@ -517,7 +524,7 @@ class AceStepVAE(comfy.sd.VAE):
         self._load(self.memory_used_encode(audio.shape, self.vae_dtype))
         return self._per_item(audio, lambda one, on_progress: self.codec.encode(
             one, chunk_frames=self._window(), overlap_frames=self.overlap_frames,
-            on_progress=on_progress))                                      # [1, 8, 16, T]
+            on_progress=on_progress, check=mm.throw_exception_if_processing_interrupted))  # [1, 8, 16, T]
 
     def _per_item(self, batch_in: torch.Tensor, run) -> torch.Tensor:
         """run(one item [1, ...] on the VAE device, on_progress) for each batch item, with one

@@ -468,3 +468,22 @@ def test_progress_callback_exception_propagates(window_codec):
         codec.decode(z[:, :, :, :4], on_progress=stop_after_first)
     with pytest.raises(Interrupted):
         codec.encode(_music(1, 4 * SAMPLES_PER_FRAME)[:, :1], on_progress=stop_after_first)
+
+
+def test_check_runs_inside_windows_and_leaves_results_unchanged(tiny_pair):
+    """``check`` is called after every block of the DCAE and the vocoder, many times per window
+    (an interrupt is noticed inside a long window), and does not change the result."""
+    dcae, vocoder, _, _ = tiny_pair
+    codec = AudioCodec(dcae, vocoder)
+    z = torch.randn(1, LATENT_CHANNELS, LATENT_HEIGHT, 6, generator=torch.Generator().manual_seed(9))
+    calls = []
+    checked = codec.decode(z, chunk_frames=None, check=lambda: calls.append(1))
+    blocks = (sum(len(stage) for stage in dcae.decoder.up_blocks[:-1])
+              + len(vocoder.head.ups) + len(vocoder.head.resblocks))
+    assert len(calls) == blocks
+    assert torch.equal(checked, codec.decode(z, chunk_frames=None))
+    wave = _music(1, 6 * SAMPLES_PER_FRAME)
+    calls.clear()
+    assert torch.equal(codec.encode(wave, chunk_frames=None, check=lambda: calls.append(1)),
+                       codec.encode(wave, chunk_frames=None))
+    assert len(calls) == sum(len(stage) for stage in dcae.encoder.down_blocks[:-1])

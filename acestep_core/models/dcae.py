@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -334,11 +335,12 @@ class Encoder(nn.Module):
             raise ConfigError("DCAE: last encoder width is not a multiple of the latent channels")
         self.out_group = chans[-1] // config.latent_channels
 
-    def local_part(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel [B, 2, 128, F] -> features at latent resolution [B, C, 16, F / 8]."""
+    def local_part(self, mel: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        """mel [B, 2, 128, F] -> features at latent resolution [B, C, 16, F / 8]; ``check()``
+        after every block (an exception it raises, e.g. an interrupt, stops the encoder)."""
         x = self.conv_in(mel)
         for stage in self.down_blocks[:-1]:
-            x = stage(x)
+            x = _run_checked(stage, x, check)
         return x
 
     def latent_part(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -346,8 +348,8 @@ class Encoder(nn.Module):
         # Shortcut: mean of each group of consecutive channels, one group per latent channel.
         return self.conv_out(x) + x.unflatten(1, (-1, self.out_group)).mean(dim=2)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.latent_part(self.local_part(mel))
+    def forward(self, mel: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        return self.latent_part(self.local_part(mel, check))
 
 
 class Decoder(nn.Module):
@@ -377,18 +379,27 @@ class Decoder(nn.Module):
         x = embed(z) if chunk is None else map_local(embed, z, 1, chunk)
         return run_stage(self.up_blocks[-1], x, chunk)
 
-    def local_part(self, x: torch.Tensor) -> torch.Tensor:
-        """deepest-stage features [B, C, 16, T] -> normalised mel [B, 2, 128, 8 T]."""
+    def local_part(self, x: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        """deepest-stage features [B, C, 16, T] -> normalised mel [B, 2, 128, 8 T]; ``check()``
+        after every block, as in Encoder.local_part."""
         # Channels-last: the convolution kernels work on it natively (NCHW costs each conv a
         # blocked-layout copy of its input and output, the largest tensors of the decode) and
         # the channel RMSNorms read it without a transpose.
         x = x.contiguous(memory_format=torch.channels_last)
         for stage in reversed(self.up_blocks[:-1]):
-            x = stage(x)
+            x = _run_checked(stage, x, check)
         return self.conv_out(F.relu(channel_rms_norm(self.norm_out, x)))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.local_part(self.latent_part(z))
+    def forward(self, z: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        return self.local_part(self.latent_part(z), check)
+
+
+def _run_checked(stage: nn.Sequential, x: torch.Tensor, check) -> torch.Tensor:
+    for block in stage:
+        x = block(x)
+        if check is not None:
+            check()
+    return x
 
 
 class DCAE(nn.Module):

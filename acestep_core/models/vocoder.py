@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -170,16 +171,26 @@ class HiFiGANHead(nn.Module):
             for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes))
         self.conv_post = WNConv1d(c0 // 2 ** len(self.ups), 1, config.post_conv_kernel_size, **kw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        """``check()`` is called after every upsampling and residual block (the long steps of a
+        long window); an exception it raises (an interrupt) stops the vocoder there."""
+        check = check or _nothing
         x = self.conv_pre(x)
         for i, up in enumerate(self.ups):
             x = up(F.silu(x))
+            check()
             blocks = self.resblocks[i * self.n_kernels:(i + 1) * self.n_kernels]
             total = blocks[0](x)
+            check()
             for block in blocks[1:]:
                 total = total + block(x)
+                check()
             x = total / self.n_kernels
         return torch.tanh(self.conv_post(F.silu(x)))
+
+
+def _nothing() -> None:
+    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,9 +229,10 @@ class Vocoder(nn.Module):
             if buf.is_meta or buf.dtype != torch.float32:
                 module.materialize_(device if buf.is_meta else buf.device)
 
-    def decode(self, mel: torch.Tensor) -> torch.Tensor:
-        """log-mel [N, n_mels, F] -> waveform [N, 1, F * hop] in the module dtype."""
-        return self.head(self.backbone(mel.to(self.dtype)))
+    def decode(self, mel: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        """log-mel [N, n_mels, F] -> waveform [N, 1, F * hop] in the module dtype; ``check`` as
+        in HiFiGANHead.forward."""
+        return self.head(self.backbone(mel.to(self.dtype)), check)
 
     def mel(self, wave: torch.Tensor) -> torch.Tensor:
         """waveform [N, S] -> log-mel [N, n_mels, S // hop], float32."""

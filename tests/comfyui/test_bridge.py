@@ -585,7 +585,7 @@ def test_vae_window_follows_the_free_memory(loaded, monkeypatch):
     import comfy.model_management as mm
     import comfy.utils
 
-    from acestep_core.codec import DECODE_BYTES_PER_FRAME
+    from acestep_core.codec import CUDA_FREE_MEMORY_SHARE, DECODE_BYTES_PER_FRAME
     _, _, vae = loaded
     assert vae.window_frames is None
     latent = torch.randn(1, 8, 16, 200, generator=torch.Generator().manual_seed(3))
@@ -597,7 +597,8 @@ def test_vae_window_follows_the_free_memory(loaded, monkeypatch):
             updates = []
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, total, preview, node_id=None: updates.append((value, total)))
-            monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: free_frames * bytes_per_frame / 0.8)
+            monkeypatch.setattr(mm, "get_free_memory",
+                                lambda *a, **k: free_frames * bytes_per_frame / CUDA_FREE_MEMORY_SHARE)
             vae.decode(latent)
             windows[free_frames] = updates[-1][1]
     finally:
@@ -614,6 +615,44 @@ def test_vae_decode_can_be_cancelled(loaded):
             vae.decode(torch.zeros(1, 8, 16, 8))
     finally:
         mm.interrupt_current_processing(False)
+
+
+@pytest.mark.parametrize("direction", ["decode", "encode"])
+def test_vae_cancel_stops_inside_a_window(loaded, direction):
+    """Cancel pressed while the VAE is inside one long window: the next block of the DCAE or the
+    vocoder raises ComfyUI's interrupt, the window's last layer never runs."""
+    import comfy.model_management as mm
+    _, _, vae = loaded
+    codec = vae.codec
+    if direction == "decode":
+        trigger, last = codec.vocoder.head.resblocks[0], codec.vocoder.head.conv_post
+        run = lambda: vae.decode(torch.zeros(1, 8, 16, 8))                       # noqa: E731
+    else:
+        trigger, last = codec.dcae.encoder.down_blocks[0][0], codec.dcae.encoder.conv_out
+        run = lambda: vae.encode(torch.zeros(1, 8 * 4096, 2))                   # noqa: E731
+    reached = []
+    handles = [trigger.register_forward_hook(lambda *a: mm.interrupt_current_processing(True)),
+               last.register_forward_hook(lambda *a: reached.append(1))]
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run()
+    finally:
+        mm.interrupt_current_processing(False)
+        for handle in handles:
+            handle.remove()
+    assert not reached
+
+
+def test_vae_window_on_cpu_is_bounded_whatever_the_free_ram(loaded, monkeypatch):
+    """On the CPU the window is at most the CPU budget however much RAM looks free, so a long
+    song is encoded / decoded in windows of bounded memory (was: one window of the whole song)."""
+    import comfy.model_management as mm
+    from acestep_core.codec import CPU_WINDOW_BUDGET, window_frames_for_budget
+    _, _, vae = loaded
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 1 << 50)
+    assert vae._window() == window_frames_for_budget(CPU_WINDOW_BUDGET, vae.vae_dtype, vae.overlap_frames)
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 1 << 20)
+    assert vae._window() == 2 * vae.overlap_frames
 
 
 def test_vae_encode_audio(comfy_env, loaded):
