@@ -5,6 +5,9 @@
                                              tiny random weights of acestep_core.ace15.tiny
     tests/data/ace15_io_manifest.json        parameter names and shapes of the REAL-size VAE and
                                              Qwen3-Embedding-0.6B, built on the meta device
+    acestep_core/ace15/silence_latent_comfyui.safetensors
+                                             the silence latent ComfyUI hard-codes (get_silence_latent):
+                                             4 head frames and the frame repeated after them (1.3 KiB)
 
 Run it with the Python of a ComfyUI 0.20.1 installation (one with ACE-Step 1.5 built in):
 
@@ -39,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "data" / "ace15_io_golden.safetensors"
 MANIFEST = REPO / "tests" / "data" / "ace15_io_manifest.json"
+SILENCE = REPO / "acestep_core" / "ace15" / "silence_latent_comfyui.safetensors"
 
 VAE_SEED, TEXT_SEED = 1, 2
 ENCODE_BATCH, ENCODE_SAMPLES = 2, 1920 * 3 + 333      # odd length: exercises the centred crop
@@ -146,6 +150,12 @@ def main() -> int:
     save_file(out, str(GOLDEN), metadata={"reference": f"ComfyUI {version}", "commit": commit,
                                           "script": "scripts/make_ace15_io_golden.py",
                                           "text_cases": json.dumps(TEXT_CASES, ensure_ascii=False)})
+
+    # --- ComfyUI's hard-coded silence latent (used when no official silence_latent.pt is given)
+    import comfy.ldm.ace.ace_step15 as ace_step15
+    silence = ace_step15.get_silence_latent(5, "cpu").float()          # 4 head frames + the repeated one
+    save_file({"head": silence[..., :4].contiguous(), "frame": silence[..., 4:5].contiguous()}, str(SILENCE),
+              metadata={"source": f"ComfyUI {version} comfy/ldm/ace/ace_step15.py get_silence_latent", "commit": commit})
 
     # --- real-size structure manifest --------------------------------------------------------
     with torch.device("meta"):
