@@ -72,3 +72,30 @@ def test_sampling_is_seeded_and_guidance_matters(tiny_ckpt):
     assert not torch.allclose(a, d)
     with pytest.raises(ValueError, match="shorter than one latent frame"):
         sample(models, cond, seconds=0.01, steps=2)
+
+
+def test_cli_generate_ace15_writes_48k_wav(tmp_path):
+    """A tiny 1.5 checkpoint (split files) through the same command: detected from its weights,
+    turbo defaults (8 steps, shift 3, cfg 1), a 48 kHz stereo WAV of round(seconds * 25) frames."""
+    proc = _cli("make-tiny", "--generation", "1.5", "--layout", "split", "--out", str(tmp_path / "tiny15"))
+    assert proc.returncode == 0, proc.stderr
+    files = [tmp_path / "tiny15" / f for f in ("diffusion_models/acestep_v1.5_tiny.safetensors",
+                                                 "text_encoders/qwen_0.6b_ace15.safetensors", "vae/ace_1.5_vae.safetensors")]
+    out = tmp_path / "song15.wav"
+    proc = _cli("generate", "--checkpoint", *map(str, files), "--tags", "pop, piano", "--lyrics", "[verse]\nla la",
+                "--seconds", "1.5", "--bpm", "120", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "ACE-Step 1.5" in proc.stderr and "8/8" in proc.stderr
+    audio, rate = read_wav(out)
+    assert rate == 48000
+    assert audio.shape == (2, round(1.5 * 25) * 1920)
+    assert torch.isfinite(audio).all() and audio.abs().max() > 1e-3
+
+
+def test_cli_wrong_mix_names_each_file(tiny_ckpt, tmp_path):
+    proc = _cli("make-tiny", "--generation", "1.5", "--layout", "split", "--out", str(tmp_path / "t"))
+    assert proc.returncode == 0, proc.stderr
+    dit = tmp_path / "t" / "diffusion_models" / "acestep_v1.5_tiny.safetensors"
+    proc = _cli("generate", "--checkpoint", str(dit), str(tiny_ckpt), "--out", str(tmp_path / "x.wav"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{dit}: ACE-Step 1.5 DiT" in proc.stderr and f"{tiny_ckpt}: ACE-Step v1 (3.5B) checkpoint" in proc.stderr
