@@ -119,6 +119,30 @@ def test_vae_interrupt_stops_decode(codec):
         codec.decode(torch.zeros(1, 64, 150), chunk_frames=64, overlap_frames=32, on_progress=interrupt)
 
 
+def test_vae_check_inside_a_window(codec):
+    """check() runs after every block (8 per pass), so an interrupt stops a one-window decode
+    before it ends; the result with a no-op check is unchanged."""
+    latent = torch.randn(1, 64, 20, generator=torch.Generator().manual_seed(3))
+    calls = []
+    assert torch.equal(codec.decode(latent, chunk_frames=None, check=lambda: calls.append(1)),
+                       codec.decode(latent, chunk_frames=None))
+    assert len(calls) == 8
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_at_third():
+        seen.append(1)
+        if len(seen) == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        codec.encode(torch.randn(1, 2, 1920 * 20), chunk_frames=None, check=stop_at_third)
+    assert len(seen) == 3
+
+
 def test_vae_bad_input(codec):
     with pytest.raises(ValueError, match="latent"):
         codec.decode(torch.zeros(1, 8, 16, 10))

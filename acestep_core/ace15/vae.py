@@ -154,6 +154,16 @@ class DecoderBlock(nn.Module):
         return self.layers(x)
 
 
+def run_layers(stack: nn.Module, x: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+    """``stack.layers`` in order, calling ``check()`` after each (a ComfyUI interrupt check raises
+    there, so Cancel stops inside a long window)."""
+    for layer in stack.layers:
+        x = layer(x)
+        if check is not None:
+            check()
+    return x
+
+
 class OobleckEncoder(nn.Module):
     def __init__(self, config: OobleckConfig, ops, dtype=None, device=None):
         super().__init__()
@@ -377,12 +387,14 @@ class AudioCodec15(nn.Module):
     # -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, chunk_frames: int | None = _DEFAULT,
-               overlap_frames: int = OVERLAP_FRAMES, on_progress: ProgressFn | None = None) -> torch.Tensor:
+               overlap_frames: int = OVERLAP_FRAMES, on_progress: ProgressFn | None = None,
+               check: Callable[[], None] | None = None) -> torch.Tensor:
         """latent [B, 64, T] -> waveform [B, 2, T * 1920], float32, on the latent's device.
 
         chunk_frames: window length in latent frames (default: from a memory budget, see
         :func:`window_frames`); None decodes in one piece. on_progress(done, total) is called after
-        every window of every item; an exception raised there (an interrupt) stops the decode."""
+        every window of every item, check() after every block inside a window; an exception raised
+        in either (an interrupt) stops the decode."""
         if latent.ndim != 3 or latent.shape[1] != self.latent_channels or latent.shape[-1] == 0:
             raise ValueError(f"expected an ACE-Step 1.5 latent [B, {self.latent_channels}, T >= 1], got shape "
                              f"{tuple(latent.shape)}")
@@ -396,7 +408,7 @@ class AudioCodec15(nn.Module):
         for b in range(batch):
             for k, (start, end) in enumerate(windows):
                 z = latent[b:b + 1, :, start:end].to(device=self.device, dtype=dtype)
-                piece = decoder(z)[0].float()
+                piece = run_layers(decoder, z, check)[0].float()
                 if len(windows) == 1:
                     out[b] = piece
                 else:
@@ -431,7 +443,8 @@ class AudioCodec15(nn.Module):
 
     @torch.no_grad()
     def encode_moments(self, waveform: torch.Tensor, chunk_frames: int | None = _DEFAULT,
-                       overlap_frames: int = OVERLAP_FRAMES, on_progress: ProgressFn | None = None) -> torch.Tensor:
+                       overlap_frames: int = OVERLAP_FRAMES, on_progress: ProgressFn | None = None,
+                       check: Callable[[], None] | None = None) -> torch.Tensor:
         """waveform [B, C, S] at 48 kHz -> the encoder's mean ‖ scale [B, 128, S // 1920]
         (float32, on the waveform's device), windowed like :meth:`decode`."""
         wave = self.prepare_waveform(waveform)
@@ -446,7 +459,7 @@ class AudioCodec15(nn.Module):
         for b in range(batch):
             for k, (start, end) in enumerate(windows):
                 piece = wave[b:b + 1, :, start * hop:end * hop].to(device=self.device, dtype=dtype)
-                moments = encoder(piece)[0].float()
+                moments = run_layers(encoder, piece, check)[0].float()
                 out[b, :, cuts[k]:cuts[k + 1]] = moments[:, cuts[k] - start:cuts[k + 1] - start]
                 del moments
                 done += 1
@@ -456,9 +469,10 @@ class AudioCodec15(nn.Module):
 
     def encode(self, waveform: torch.Tensor, chunk_frames: int | None = _DEFAULT,
                overlap_frames: int = OVERLAP_FRAMES, on_progress: ProgressFn | None = None,
-               generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+               generator: torch.Generator | None = None, sample: bool = True,
+               check: Callable[[], None] | None = None) -> torch.Tensor:
         """waveform [B, C, S] at 48 kHz -> latent [B, 64, S // 1920], float32, on the waveform's
         device. Like ComfyUI and the official code the latent is a sample of the posterior
         (``sample=False`` gives its mean); ``generator`` fixes the noise."""
-        moments = self.encode_moments(waveform, chunk_frames, overlap_frames, on_progress)
+        moments = self.encode_moments(waveform, chunk_frames, overlap_frames, on_progress, check)
         return sample_latent(moments, generator, sample)
