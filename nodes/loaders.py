@@ -127,7 +127,11 @@ def choose_dtypes(weight_dtype: str, transformer_params: int = 0) -> tuple[torch
 # ---------------------------------------------------------------------------------------------
 def load_ace_step(ckpt_name: str, weight_dtype: str = "default"):
     """-> (MODEL, CLIP, VAE). Any problem with the file raises CheckpointError naming it."""
-    path = resolve_checkpoint(ckpt_name)
+    return load_ace_step_path(resolve_checkpoint(ckpt_name), weight_dtype)
+
+
+def load_ace_step_path(path, weight_dtype: str = "default"):
+    """``load_ace_step`` for a checkpoint file or folder given by its path."""
     source = open_checkpoint(path)          # validates layout and completeness before any weights
     source.require("transformer", "dcae", "vocoder", "text_encoder")
     params = sum(math.prod(shape) for shape in source.components["transformer"].shapes.values())

@@ -2,8 +2,11 @@
 # Run the test suite in the environment that scripts/setup_env.sh builds (and builds first,
 # if needed; a second run only checks a fingerprint). Tests run the real ComfyUI.
 #
-# usage: scripts/test.sh [PYTEST ARGS...]      default: the whole suite (tests/)
+# usage: scripts/test.sh [--without-comfyui] [PYTEST ARGS...]      default: the whole suite (tests/)
 #   e.g. scripts/test.sh tests/comfyui/test_server_smoke.py -x
+# --without-comfyui: the core's tests in a Python that cannot import ComfyUI (its source is not put
+#   on sys.path and an import is refused: an error from acestep_core, a skip for a test that uses
+#   ComfyUI as its reference); tests/comfyui is not collected. .ci/run runs this first.
 # Environment: the same as setup_env.sh (ACESTEP_ENV_DIR, COMFYUI_DIR, COMFYUI_PYTHON, SKIP_BROWSER).
 set -euo pipefail
 
@@ -17,6 +20,11 @@ export ACESTEP_ENV_DIR ACESTEP_PYTHON ACESTEP_CHROMIUM
 export COMFYUI_DIR="$ACESTEP_COMFYUI_DIR"
 
 cd "$REPO"
+if [ "${1:-}" = "--without-comfyui" ]; then
+  shift
+  export ACESTEP_WITHOUT_COMFYUI=1
+  echo "test.sh: the core's tests without ComfyUI"
+fi
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 set +e

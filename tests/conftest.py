@@ -26,7 +26,39 @@ def _add_comfyui_to_path():
     os.environ.setdefault("COMFYUI_DIR", str(COMFYUI_DIR))
 
 
-_add_comfyui_to_path()
+# ACESTEP_WITHOUT_COMFYUI=1: the run without ComfyUI (scripts/test.sh --without-comfyui, first in
+# .ci/run). ComfyUI is not put on sys.path and an import of it is refused: from acestep_core it is
+# an error naming the importing line (the core must stay importable and testable without
+# ComfyUI); from a test, which uses ComfyUI's own code as its reference, the test is skipped.
+WITHOUT_COMFYUI = os.environ.get("ACESTEP_WITHOUT_COMFYUI") == "1"
+_CORE = REPO / "acestep_core"
+
+
+class _RefuseComfyUI:
+    """A meta-path finder that refuses ``comfy`` and ``comfy_extras`` (see WITHOUT_COMFYUI)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in ("comfy", "comfy_extras", "comfy_api", "folder_paths"):
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and (frame.f_code.co_filename.startswith("<frozen")
+                                     or frame.f_code.co_filename == __file__):
+            frame = frame.f_back
+        where = Path(frame.f_code.co_filename).resolve() if frame is not None else None
+        if where is not None and _CORE in where.parents:
+            raise ImportError(f"acestep_core must not import ComfyUI: {where.relative_to(REPO)}:{frame.f_lineno} "
+                              f"imports {name!r} (the core is plain PyTorch; ComfyUI code belongs in nodes/)")
+        raise pytest.skip.Exception(f"needs ComfyUI ({name}) as its reference: skipped in the run without ComfyUI",
+                                    allow_module_level=True)
+
+
+if WITHOUT_COMFYUI:
+    sys.meta_path.insert(0, _RefuseComfyUI())
+    collect_ignore = ["comfyui"]
+    # Data files only (the lyric vocabulary, tokenizers ComfyUI ships), never its code.
+    os.environ.setdefault("COMFYUI_DIR", str(COMFYUI_DIR))
+else:
+    _add_comfyui_to_path()
 
 
 def _comfy_cpu_mode():
@@ -38,7 +70,8 @@ def _comfy_cpu_mode():
         args.cpu = True
 
 
-_comfy_cpu_mode()
+if not WITHOUT_COMFYUI:
+    _comfy_cpu_mode()
 
 
 @pytest.fixture(scope="session")
