@@ -67,7 +67,7 @@ import comfy.utils
 
 from acestep_core.codec import (CPU_WINDOW_BUDGET, CUDA_FREE_MEMORY_SHARE, DEFAULT_OVERLAP_FRAMES,
                                 window_frames_for_budget)
-from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLES_PER_FRAME
+from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLE_RATE, SAMPLES_PER_FRAME
 from acestep_core.models.transformer import AceStepTransformer
 
 from .notices import warn_user
@@ -472,6 +472,8 @@ class AceStepVAE(comfy.sd.VAE):
         self.disable_offload = True
         self.not_video = False
         self.crop_input = False       # we pad to whole latent frames instead of cropping
+        self.pad_channel_value = None
+        self.audio_sample_rate = SAMPLE_RATE   # what ComfyUI >= 0.20's audio nodes read
         self.size = None
         # Working-memory estimates: ComfyUI's figures for ACE-Step's codec (encode: per audio
         # sample; decode: per latent cell), for at most a CPU-budget window: what ComfyUI frees
