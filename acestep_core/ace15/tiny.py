@@ -23,8 +23,10 @@ TINY_TEXT_CONFIG = Qwen3EncoderConfig(vocab_size=151669, hidden_size=24, interme
 
 def randomize_(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Fill every floating tensor in key order from one seeded generator: matrices and kernels
-    ~ N(0, 1/fan_in), weight-norm magnitudes (``original0``) in [0.5, 1.5), norm weights ~ 1 +
-    N(0, 0.1), other vectors (biases, log-scale Snake parameters) ~ N(0, 0.1)."""
+    ~ N(0, 1/fan_in), weight-norm magnitudes (``original0``) in [0.15, 0.45), norm weights ~ 1 +
+    N(0, 0.1), other vectors (biases, log-scale Snake parameters) ~ N(0, 0.1). The magnitudes keep
+    the VAE's activations O(1): with magnitudes ~1 they grow to the hundreds and float32 itself
+    drifts 1e-4 from a float64 run, too close to the comparison tolerance."""
     generator = torch.Generator().manual_seed(seed)
     for key in sorted(state):
         tensor = state[key]
@@ -32,7 +34,7 @@ def randomize_(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Ten
             continue
         shape = tensor.shape
         if key.endswith("original0"):
-            value = 0.5 + torch.rand(shape, generator=generator)
+            value = 0.15 + 0.3 * torch.rand(shape, generator=generator)
         elif tensor.ndim >= 2:
             value = torch.randn(shape, generator=generator) / math.sqrt(max(math.prod(shape[1:]), 1))
         elif key.endswith("norm.weight") or key.endswith("layernorm.weight"):
