@@ -2,7 +2,7 @@
 
 ``AceStepGuidance`` clones a MODEL and hooks ComfyUI's sampler (comfy/samplers.py) so that the
 stock KSampler / SamplerCustomAdvanced guide like the original ACE-Step app
-(pipeline_ace_step.py ``text2music_diffusion_process``, facts §7.3-7.6):
+(ACE-Step acestep/pipeline_ace_step.py ``text2music_diffusion_process``, acestep/apg_guidance.py):
 
 * ``sampler_calc_cond_batch_function`` chooses the model passes of each step: outside the
   guidance interval only the conditional one (as the original: no uncond pass, no momentum
@@ -61,7 +61,7 @@ CFG_TYPES = ("apg", "cfg", "cfg_star")
 # =============================================================================================
 @dataclass(frozen=True)
 class GuidanceSettings:
-    """What AceStepGuidance does; the defaults are the original app's (facts §7.3)."""
+    """What AceStepGuidance does; the defaults are the original app's (acestep/pipeline_ace_step.py ``ACEStepPipeline.__call__``, acestep/ui/components.py)."""
     cfg_type: str = "apg"
     apg_momentum: float = APG_MOMENTUM
     apg_norm_threshold: float = APG_NORM_THRESHOLD

@@ -9,7 +9,7 @@ from acestep_core.sampling.flow import (cfg, euler_step, noise_like_latent, omeg
 
 
 def test_original_schedule_figures():
-    # Values the original FlowMatchEulerDiscreteScheduler gives for 60 steps (facts §7.2),
+    # Values the original FlowMatchEulerDiscreteScheduler gives for 60 steps (acestep/schedulers/scheduling_flow_match_euler_discrete.py ``set_timesteps``),
     # including the double shift that ends at shift(shift(0.001)).
     s = original_sigmas(60)
     assert s.shape == (61,)

@@ -1,5 +1,5 @@
 """Retake / repaint / extend / flow-edit math against reference loops written from the
-original's algorithm (facts §8.2-8.5), with its known bugs fixed where noted."""
+original's algorithm (acestep/pipeline_ace_step.py ``text2music_diffusion_process``, ``flowedit_diffusion_process``), with its known bugs fixed where noted."""
 import math
 
 import pytest
@@ -115,7 +115,7 @@ def linear_velocity(seed):
 
 
 def reference_repaint(x0, eps1, eps2, mask_bool, variance, sigmas, velocity):
-    """The original's repaint loop (facts §8.3), written out: skip i < n_min; at n_min set
+    """The original's repaint loop (pipeline_ace_step.py ``text2music_diffusion_process``, repaint branch), written out: skip i < n_min; at n_min set
     x = (1 - s) x0 + s z0; every step Euler then where(M, x, (1 - s') x0 + s' z0)."""
     steps = len(sigmas) - 1
     n_min = int(steps * (1 - variance))
@@ -308,7 +308,7 @@ def nonlinear_velocity(seed):
 
 
 def reference_flowedit(v_tar, v_src, x_src, sigmas, n_min, n_max, noise_fn, n_avg):
-    """The original's flowedit loop (facts §8.5), Euler branch, written out."""
+    """The original's flowedit loop (pipeline_ace_step.py ``flowedit_diffusion_process``), Euler branch, written out."""
     steps = len(sigmas) - 1
     start, end = int(steps * n_min), int(steps * n_max)
     z_edit, x_tar = x_src.clone(), None

@@ -134,7 +134,7 @@ def test_real_config_state_dict_matches_comfyui():
     ours_shapes, theirs_shapes = shapes_of(ours), shapes_of(theirs)
     assert set(ours_shapes) == set(theirs_shapes), (sorted(set(ours_shapes) ^ set(theirs_shapes))[:10])
     assert ours_shapes == theirs_shapes
-    assert len(ours_shapes) == 874  # facts §1.2.1
+    assert len(ours_shapes) == 874  # model.diffusion_model.* tensors of the released ace_step_v1_3.5b.safetensors
     assert sum(math.prod(s) for s in ours_shapes.values()) == 3_305_659_264
     assert not list(ours.named_buffers())  # rotary tables are not state
     assert ours.dtype == torch.float32

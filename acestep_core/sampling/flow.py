@@ -1,6 +1,6 @@
 """Rectified-flow sampling math for ACE-Step, as pure tensor functions.
 
-Convention (facts §7.1): x_sigma = (1 - sigma) * x0 + sigma * noise, sigma in [0, 1]; the model
+Convention (acestep/schedulers/scheduling_flow_match_euler_discrete.py, ComfyUI ModelType.FLOW): x_sigma = (1 - sigma) * x0 + sigma * noise, sigma in [0, 1]; the model
 gets t = 1000 * sigma and predicts the velocity v = noise - x0. So x0 = x_sigma - sigma * v and an
 Euler step from sigma to sigma' is x + (sigma' - sigma) * v.
 """
@@ -31,7 +31,7 @@ def simple_sigmas(steps: int, shift: float = DEFAULT_SHIFT, table_size: int = 10
 
 
 def original_sigmas(steps: int, shift: float = DEFAULT_SHIFT, sigma_max: float = 1.0) -> torch.Tensor:
-    """The original app's Euler schedule (facts §7.2), reproduced with its double shift: the
+    """The original app's Euler schedule (scheduling_flow_match_euler_discrete.py ``FlowMatchEulerDiscreteScheduler.set_timesteps``), reproduced with its double shift: the
     end points are shifted once when the scheduler is built, and every point is shifted again in
     set_timesteps, so the last non-zero sigma is shift(shift(0.001)) ~= 0.00893 rather than 0.003.
     A final 0 is appended."""
@@ -50,7 +50,7 @@ def _check_steps(steps: int) -> None:
 
 def omega_factor(omega: float) -> float:
     """The original's 'granularity' rescale of each Euler update: a logistic squash of omega
-    into (0.9, 1.1); omega 0 gives exactly 1.0 (facts §7.2)."""
+    into (0.9, 1.1); omega 0 gives exactly 1.0 (``FlowMatchEulerDiscreteScheduler.step``)."""
     return 0.9 + 0.2 / (1 + math.exp(-0.1 * omega))
 
 

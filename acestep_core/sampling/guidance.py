@@ -1,11 +1,11 @@
 """Guidance for ACE-Step's velocity predictions, as pure per-step functions.
 
-All functions take the model's *velocity* predictions (v = noise - x0, facts §7.1) for the
+All functions take the model's *velocity* predictions (v = noise - x0, as acestep/pipeline_ace_step.py's schedulers use it) for the
 conditional pass ``cond`` and the unconditional pass ``uncond``, shaped [B, 8, 16, T]. ComfyUI's
 sampler hooks hand over denoised estimates instead; ``velocity_from_denoised`` converts. APG's
 norm threshold is an absolute size, so it only means what the original meant on velocities.
 
-What lives here (facts §7.4-7.6, checked against acestep/apg_guidance.py and
+What lives here (checked against acestep/apg_guidance.py and
 pipeline_ace_step.py ``text2music_diffusion_process``):
 
 * ``apg`` with ``MomentumBuffer`` - adaptive projected guidance (the original's default).
@@ -130,7 +130,7 @@ def cfg_zero_star(cond: torch.Tensor, uncond: torch.Tensor, scale: float, step_i
     Euler steps leave the noise untouched, because the earliest velocity estimates are poor.
 
     ``step_index`` is the index in the whole sampling schedule, not within the guidance interval:
-    zero-init is about the first steps of sampling. This matches the original (facts §10.7);
+    zero-init is about the first steps of sampling. This matches the original (pipeline_ace_step.py passes the global step index to apg_guidance.py ``cfg_zero_star``);
     the consequence there - with a guidance interval that starts after step ``zero_steps`` the
     unguided conditional pass runs on those steps and zero-init never happens - is kept, since
     zeroing the first *guided* steps in the middle of sampling would freeze the latent there,
@@ -193,7 +193,7 @@ def guidance_scale_at(step_index: int, total_steps: int, scale: float, interval:
     With ``decay > 0`` the scale falls linearly across the interval from ``scale`` towards
     ``min_scale``: scale - (scale - min_scale) * progress * decay, progress = 0 on the first
     guided step and 1 on the last. The original divides by (end - start - 1), which is zero
-    when the interval holds a single step (facts §10.6); that step gets progress 0 here.
+    when the interval holds a single step (in ``text2music_diffusion_process`` (end - start - 1) is then 0 and the original divides by it); that step gets progress 0 here.
     """
     start, end = guidance_interval_bounds(total_steps, interval)
     if not start <= step_index < end:

@@ -13,7 +13,7 @@ what the conditioning change asks for moves. Steps before ``start`` are skipped;
 edit noised back to the current sigma (``flowedit_target_start``): this lets the "remix"
 preset re-generate the fine detail freely.
 
-Checked against pipeline_ace_step.py ``flowedit_diffusion_process`` and ``calc_v``; facts §8.5.
+Checked against pipeline_ace_step.py ``flowedit_diffusion_process`` and ``calc_v``.
 Differences, on purpose:
 * z_tar is computed as z_src + (z_edit - x_src) rather than z_edit + z_src - x_src: the same
   number mathematically, but when z_edit == x_src it gives z_src bit for bit, so identical
@@ -22,7 +22,7 @@ Differences, on purpose:
   edit phase, uses none (``momentum_buffer_tar`` is only passed after n_max), so even identical
   conditionings drift apart. Give each velocity function its own ``MomentumBuffer`` and keep
   it across both phases;
-* the original's "pingpong" edit phase never updates z_edit (facts §10.5); only Euler is offered.
+* the original's "pingpong" edit phase never updates z_edit (``flowedit_diffusion_process``: its pingpong branch computes prev_sample and drops it); only Euler is offered.
 The original always guides flow-edit with APG (``calc_v``'s default; ``cfg_type`` is never
 passed) at one scale for both streams, with no guidance interval - the velocity functions
 given here decide that.

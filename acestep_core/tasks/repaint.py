@@ -1,6 +1,6 @@
 """Retake, repaint and extend: masks, noise and per-step updates on latents [B, 8, 16, T].
 
-How the original app does these (facts §8.2-8.4, pipeline_ace_step.py
+How the original app does these (ACE-Step acestep/pipeline_ace_step.py
 ``text2music_diffusion_process``), and how this module is used for each:
 
 * retake - fresh variation of a generation: start from ``retake_noise(eps1, eps2, variance)``
@@ -17,7 +17,7 @@ How the original app does these (facts §8.2-8.4, pipeline_ace_step.py
   extension mask (the original starts it at step 0: its UI uses variance 1), and
   ``extend_assemble`` puts back source frames that did not fit in the window.
 
-Fixes relative to the original (facts §10 and findings while checking it):
+Fixes relative to the original (found while checking ``text2music_diffusion_process``):
 * seconds -> frames floors negative times too (the original's int() truncation maps -0.5 s and
   +0.5 s to the same frame, so left extensions were counted differently from right ones);
 * out-of-range repaint times are clamped to the song with a warning instead of failing later;

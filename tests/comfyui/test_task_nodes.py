@@ -2,7 +2,7 @@
 ComfyUI's own samplers, in process, on a tiny random-weight checkpoint.
 
 References are computed independently of the nodes: sampling loops written here from the
-formulas (facts §7-8) on the transformer's raw velocity, compared with what the stock KSampler /
+formulas (ACE-Step acestep/pipeline_ace_step.py, acestep/apg_guidance.py) on the transformer's raw velocity, compared with what the stock KSampler /
 SamplerCustomAdvanced produce through the nodes.
 
 Import detail (as test_bridge.py): ComfyUI's nodes.py is registered as ``nodes`` and this pack
