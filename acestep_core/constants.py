@@ -21,10 +21,27 @@ MEL_MAX = 3.0
 MAX_SECONDS = 240.0          # the longest song the original app generates or extends to
 
 
+def _frames_exact(seconds: float) -> float:
+    return seconds * SAMPLE_RATE / MEL_HOP / LATENT_DOWNSAMPLE
+
+
 def frames_for_seconds(seconds: float) -> int:
     """Latent frames for a duration, truncating toward zero exactly as the original app and
     ComfyUI's EmptyAceStepLatentAudio do: int(seconds * 44100 / 512 / 8)."""
-    return int(seconds * SAMPLE_RATE / MEL_HOP / LATENT_DOWNSAMPLE)
+    return int(_frames_exact(seconds))
+
+
+def seconds_to_frame(seconds: float) -> int:
+    """The latent frame containing time ``seconds``: floor(seconds * 44100 / 512 / 8).
+
+    Equal to ``frames_for_seconds`` for seconds >= 0 (same expression, same float rounding);
+    negative times are floored too, so frame(x) + k == frame(x + k frames) on both sides of 0.
+    """
+    import math
+    seconds = float(seconds)
+    if not math.isfinite(seconds):
+        raise ValueError(f"time must be a finite number of seconds (got {seconds})")
+    return math.floor(_frames_exact(seconds))
 
 
 def samples_for_frames(frames: int) -> int:

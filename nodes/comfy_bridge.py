@@ -47,7 +47,6 @@ and names it when a ComfyUI release moves it):
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Iterable
 
@@ -72,7 +71,7 @@ from acestep_core.models.transformer import AceStepTransformer
 
 from .notices import warn_user
 
-log = logging.getLogger("comfyui-acestep")
+from .common import check_latent, log
 
 FLOW_SHIFT = 3.0                 # the released model's sampling shift (ComfyUI: sampling_settings)
 MEMORY_USAGE_FACTOR = 0.5        # ComfyUI's value for ACE-Step's transformer (same architecture)
@@ -557,21 +556,11 @@ class AceStepVAE(comfy.sd.VAE):
 
 
 def _check_latent(samples) -> torch.Tensor:
-    if not isinstance(samples, torch.Tensor):
-        raise TypeError(f"ACE-Step VAE: expected a latent tensor, got {type(samples).__name__}.")
-    if samples.ndim == 3 and samples.shape[1] == LATENT_CHANNELS * LATENT_HEIGHT:
-        samples = samples.reshape(samples.shape[0], LATENT_CHANNELS, LATENT_HEIGHT, samples.shape[-1])
-    if samples.ndim != 4 or samples.shape[1] != LATENT_CHANNELS or samples.shape[2] != LATENT_HEIGHT:
-        raise ValueError(
-            f"ACE-Step VAE: this latent has shape {list(samples.shape)}, but ACE-Step audio latents are "
-            f"[batch, {LATENT_CHANNELS}, {LATENT_HEIGHT}, frames] (from EmptyAceStepLatentAudio or "
-            "VAEEncodeAudio with this VAE). Was the latent made for another model?")
-    if samples.shape[-1] == 0:
-        raise ValueError("ACE-Step VAE: the latent has 0 frames; there is no audio to decode.")
-    if not torch.isfinite(samples).all():
+    latent = check_latent(samples, "ACE-Step VAE", "from EmptyAceStepLatentAudio or VAEEncodeAudio with this VAE")
+    if not torch.isfinite(latent).all():
         raise ValueError("ACE-Step VAE: the latent contains NaN or infinite values (the sampling "
                          "diverged); try bf16/fp32 weights or fewer extreme settings.")
-    return samples
+    return latent
 
 
 def _check_audio(pixel_samples) -> torch.Tensor:

@@ -6,6 +6,8 @@ CLIP from LoadAceStepCheckpoint and with ComfyUI's own ACE-Step CLIP.
 """
 from __future__ import annotations
 
+from .common import CATEGORY, log
+
 
 def set_conditioning_values(conditioning, values: dict):
     """Copy of each conditioning entry with ``values`` set in its options dict (what ComfyUI's
@@ -79,17 +81,16 @@ class AceStepLyricsPreview:
     RETURN_NAMES = ("preview",)
     OUTPUT_NODE = True
     FUNCTION = "preview"
-    CATEGORY = "audio/acestep"
+    CATEGORY = CATEGORY
 
     def preview(self, lyrics, limit, ckpt_name=""):
-        import logging
+        from .lyric_tokenizers import lyric_tokenizer, tokenizer_lock
 
-        from .routes import lyric_tokenizer
-
-        result = lyric_tokenizer(ckpt_name or None).preview(lyrics, limit=int(limit))
+        with tokenizer_lock:
+            result = lyric_tokenizer(ckpt_name or None).preview(lyrics, limit=int(limit))
         table = result.format()
         if result.over_limit:
-            logging.getLogger("comfyui-acestep").warning(
+            log.warning(
                 "AceStepLyricsPreview: lyrics use %d tokens, %d over the limit of %d",
                 result.total_tokens, result.cut_tokens, result.limit)
         return {"ui": {"text": [table]}, "result": (table,)}

@@ -26,7 +26,6 @@ sampler. ``AceStepErgNegative`` makes the negative conditioning that tag ERG nee
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -44,12 +43,11 @@ from acestep_core.sampling.guidance import (APG_ETA, APG_MOMENTUM, APG_NORM_THRE
                                             double_condition_guidance, erg_diffusion_modules, erg_lyric_modules,
                                             guidance_interval_active, guidance_scale_at, scaled_queries,
                                             step_index_from_sigma, velocity_from_denoised)
-from acestep_core.sampling.flow import omega_factor
+from acestep_core.sampling.flow import omega_factor, omega_rescale
 from acestep_core.tasks.edit import EDIT_PRESETS, edit_step_range, flowedit_sample
 
-log = logging.getLogger("comfyui-acestep")
+from .common import CATEGORY, log, node_errors
 
-CATEGORY = "audio/acestep"
 STATE_KEY = "acestep_guidance_state"        # model_options key of the per-run state
 WRAPPER_KEY = "acestep_guidance"
 ERG_TEXT_KEY = "acestep_erg_text"           # conditioning option set by AceStepErgNegative
@@ -342,15 +340,6 @@ class GuidancePatch:
         return denoised_from_velocity(x, v, sigma).to(denoised.dtype)
 
 
-def omega_rescale(velocity: torch.Tensor, omega: float) -> torch.Tensor:
-    """The original Euler step's "granularity" rescale, moved onto the velocity: the deviation
-    from the mean (over the whole batch tensor) is scaled by omega_factor(omega). For Euler,
-    x + dt * rescaled(v) is exactly the original's x + (dx - mean(dx)) * w + mean(dx)."""
-    v = velocity.float()
-    mean = v.mean()
-    return (v - mean) * omega_factor(omega) + mean
-
-
 # =============================================================================================
 # Nodes
 # =============================================================================================
@@ -430,10 +419,8 @@ class AceStepGuidance:
     CATEGORY = CATEGORY
 
     def patch(self, model, **settings):
-        try:
+        with node_errors("AceStepGuidance", (TypeError, ValueError)):
             guidance = GuidanceSettings(**settings)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"AceStepGuidance: {e}") from None
         return (GuidancePatch(guidance).apply(model),)
 
 
@@ -660,12 +647,9 @@ class AceStepEdit:
     def get_guider(self, model, source_conditioning, target_conditioning, mode, cfg, n_min, n_max, n_avg, cfg_type,
                    negative=None):
         lo, hi = edit_range(mode, n_min, n_max)
-        try:
+        with node_errors("AceStepEdit"):
             guider = FlowEditGuider(model, source_conditioning, target_conditioning, negative, cfg, lo, hi, n_avg,
                                     cfg_type)
-        except ValueError as e:
-            message = str(e)
-            raise ValueError(message if message.startswith("AceStepEdit") else f"AceStepEdit: {message}") from None
         return (guider,)
 
 

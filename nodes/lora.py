@@ -15,7 +15,6 @@ term is strength * scale * B @ A in float32, exactly ``acestep_core.lora.lora_de
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import folder_paths
@@ -23,9 +22,7 @@ from comfy.weight_adapter.lora import LoRAAdapter
 
 from acestep_core.lora import LoraError, load_lora
 
-log = logging.getLogger("comfyui-acestep")
-
-CATEGORY = "audio/acestep"
+from .common import CATEGORY, log, node_errors
 MODEL_PREFIX = "diffusion_model."         # ModelPatcher keys of the transformer's weights
 
 
@@ -107,10 +104,8 @@ class AceStepLoraLoader:
         if path is None:
             raise ValueError(f"AceStepLoraLoader: LoRA '{lora_name}' was not found in the loras folders "
                              f"({', '.join(folder_paths.get_folder_paths('loras'))}).")
-        try:
+        with node_errors("AceStepLoraLoader", (LoraError, FileNotFoundError, ValueError)):
             patched, _ = apply_lora(model, path, strength)
-        except (LoraError, FileNotFoundError) as e:
-            raise ValueError(f"AceStepLoraLoader: {e}") from None
         return (patched,)
 
 

@@ -16,68 +16,30 @@ tests, the CLI) it registers nothing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
-import threading
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("comfyui-acestep")
+from .common import log
+from .lyric_tokenizers import lyric_tokenizer, tokenizer_lock
 
 MAX_LYRICS_CHARS = 200_000      # a preview request larger than this is refused (413)
 DEFAULT_PEAK_BINS = 1000
 MAX_PEAK_BINS = 8000
 AUDIO_TYPES = ("input", "output", "temp")
 
-# Tokenizers are built once per vocab file; LyricTokenizer is not documented as thread-safe
-# (it keeps an lru_cache of lines), so calls into it are serialised.
-_tokenizer_lock = threading.Lock()
-
-
 # ---------------------------------------------------------------------------------------------
 # Lyrics preview
 # ---------------------------------------------------------------------------------------------
-@lru_cache(maxsize=4)
-def _tokenizer_for(vocab_path: str):
-    from acestep_core.text.lyrics import LyricTokenizer
-    return LyricTokenizer(vocab_path)
-
-
-def _checkpoint_path(ckpt_name: str | None) -> str | None:
-    """Full path of a checkpoint name as the loader widgets list it (its vocab.json, if any,
-    lies next to it); None when unknown."""
-    if not ckpt_name:
-        return None
-    try:
-        import folder_paths
-    except ImportError:
-        return None
-    for folder in ("checkpoints", "diffusion_models"):
-        try:
-            path = folder_paths.get_full_path(folder, ckpt_name)
-        except Exception:  # an unknown folder name in older ComfyUI versions
-            path = None
-        if path:
-            return path
-    return None
-
-
-def lyric_tokenizer(ckpt_name: str | None = None):
-    """The LyricTokenizer the CLIP of ``ckpt_name`` would use (the vocab.json next to it, else
-    ComfyUI's own copy)."""
-    from acestep_core.text.vocab import find_lyric_vocab
-    return _tokenizer_for(os.fspath(find_lyric_vocab(_checkpoint_path(ckpt_name))))
-
-
 def lyrics_preview(lyrics: str, ckpt_name: str | None = None, limit: int | None = None) -> dict:
     """JSON-ready preview of ``lyrics`` (see the module docstring)."""
     from acestep_core.text.lyrics import LYRIC_TOKEN_LIMIT
 
     tokenizer = lyric_tokenizer(ckpt_name)
-    with _tokenizer_lock:
+    with tokenizer_lock:
         preview = tokenizer.preview(lyrics, limit=int(limit or LYRIC_TOKEN_LIMIT))
     lines = [{
         "source": line.source,

@@ -29,7 +29,6 @@ to their output, which is how AceStepRestoreSource finds them.
 """
 from __future__ import annotations
 
-import logging
 
 import torch
 
@@ -37,13 +36,11 @@ import comfy.patcher_extension
 import comfy.sample
 import comfy.utils
 
-from acestep_core.constants import LATENT_CHANNELS, LATENT_HEIGHT
-from acestep_core.tasks import (MAX_EXTEND_FRAMES, ExtendPlan, extend_assemble, extend_frames, extend_latent,
-                                repaint_mask, repaint_noise, retake_noise)
+from acestep_core.constants import LATENT_CHANNELS, LATENT_HEIGHT, MAX_SECONDS
+from acestep_core.tasks import (MAX_EXTEND_FRAMES, ExtendPlan, check_variance, extend_assemble, extend_frames,
+                                extend_latent, repaint_mask, repaint_noise, retake_noise)
 
-log = logging.getLogger("comfyui-acestep")
-
-CATEGORY = "audio/acestep"
+from .common import CATEGORY, check_latent, log, node_errors
 TASK_KEY = "acestep_task"                 # LATENT dict key holding what AceStepRestoreSource needs
 RETAKE_WRAPPER_KEY = "acestep_retake"
 SEED_MAX = 0xffffffffffffffff
@@ -56,17 +53,7 @@ def _source_latent(samples, node: str) -> torch.Tensor:
     """The [B, 8, 16, T] tensor of an ACE-Step LATENT, or a ValueError that says what is wrong."""
     if not isinstance(samples, dict) or "samples" not in samples:
         raise ValueError(f"{node}: expected a LATENT (a dict with 'samples'), got {type(samples).__name__}.")
-    latent = samples["samples"]
-    if not isinstance(latent, torch.Tensor) or getattr(latent, "is_nested", False):
-        raise ValueError(f"{node}: the LATENT holds no plain tensor; ACE-Step audio latents are "
-                         f"[batch, {LATENT_CHANNELS}, {LATENT_HEIGHT}, frames].")
-    if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS or latent.shape[2] != LATENT_HEIGHT:
-        raise ValueError(f"{node}: this latent has shape {list(latent.shape)}, but ACE-Step audio latents are "
-                         f"[batch, {LATENT_CHANNELS}, {LATENT_HEIGHT}, frames] (VAEEncodeAudio with the "
-                         "ACE-Step VAE, or EmptyAceStepLatentAudio).")
-    if latent.shape[-1] < 1:
-        raise ValueError(f"{node}: the latent has no frames.")
-    return latent
+    return check_latent(samples["samples"], node)
 
 
 def _noise_mask(frame_mask: torch.Tensor) -> torch.Tensor:
@@ -143,13 +130,9 @@ class AceStepRepaint:
     def repaint(self, samples, start_seconds, end_seconds, variance):
         node = "AceStepRepaint"
         source = _source_latent(samples, node)
-        variance = float(variance)
-        if not 0.0 <= variance <= 1.0:
-            raise ValueError(f"{node}: variance must be between 0 and 1 (got {variance}).")
-        try:
+        variance = _check_variance(node, variance)
+        with node_errors(node):
             mask, start, end, warnings = repaint_mask(source.shape[-1], start_seconds, end_seconds)
-        except ValueError as e:
-            raise ValueError(f"{node}: {e}") from None
         messages = _warn(node, warnings)
         task = {"kind": "repaint", "source": source, "mask": mask, "start_frame": start, "end_frame": end,
                 "variance": variance}
@@ -169,11 +152,11 @@ class AceStepExtend:
             "required": {
                 "samples": SOURCE_SAMPLES_INPUT,
                 "left_seconds": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.1,
+                    "default": 0.0, "min": 0.0, "max": MAX_SECONDS, "step": 0.1,
                     "tooltip": "Seconds of new music before the song (counted like a duration: "
                                "int(seconds * 44100 / 4096) frames)."}),
                 "right_seconds": ("FLOAT", {
-                    "default": 30.0, "min": 0.0, "max": 240.0, "step": 0.1,
+                    "default": 30.0, "min": 0.0, "max": MAX_SECONDS, "step": 0.1,
                     "tooltip": "Seconds of new music after the song. The sampled window is at most 240 s "
                                "(the original's limit): source frames that do not fit are left out of "
                                "sampling and put back by AceStepRestoreSource."}),
@@ -189,10 +172,8 @@ class AceStepExtend:
     def extend(self, samples, left_seconds, right_seconds):
         node = "AceStepExtend"
         source = _source_latent(samples, node)
-        try:
+        with node_errors(node):
             left, right = extend_frames(left_seconds, right_seconds)
-        except ValueError as e:
-            raise ValueError(f"{node}: {e}") from None
         total = source.shape[-1]
         if left == 0 and right == 0:
             messages = _warn(node, [f"both extensions are shorter than one frame ({left_seconds:g} s, "
@@ -200,10 +181,8 @@ class AceStepExtend:
             plan = ExtendPlan(0, 0, total, 0, total)
             task = {"kind": "extend", "source": source, "plan": plan, "mask": torch.zeros(total)}
             return _with_ui((_output_latent(samples, source, torch.zeros(total), task),), messages)
-        try:
+        with node_errors(node):
             window, mask, plan = extend_latent(source, left, right, MAX_EXTEND_FRAMES)
-        except ValueError as e:
-            raise ValueError(f"{node}: {e}") from None
         warnings = []
         if plan.kept_frames < total:
             cut = total - plan.kept_frames
@@ -278,10 +257,8 @@ class AceStepRestoreSource:
 # Retake
 # ---------------------------------------------------------------------------------------------
 def _check_variance(node: str, variance: float) -> float:
-    variance = float(variance)
-    if not 0.0 <= variance <= 1.0:
-        raise ValueError(f"{node}: variance must be between 0 and 1 (got {variance}).")
-    return variance
+    with node_errors(node):
+        return check_variance(variance)
 
 
 def mix_retake(noise: torch.Tensor, retake: torch.Tensor, variance: float, mask: torch.Tensor | None = None):

@@ -11,8 +11,8 @@ import torch
 
 from acestep_core.config import ConfigError, TextEncoderConfig
 from acestep_core.models.text_encoder import ERG_TAG_QUERY_SCALES, TextEncoder, infer_text_encoder_config
-from acestep_core.text.lyrics import (STRUCTURE_TAGS, SUPPORTED_LANGUAGES, LyricTokenizer, clean_english,
-                                      spell_cardinal, spell_float, spell_ordinal)
+from acestep_core.text.lyrics import STRUCTURE_TAGS, SUPPORTED_LANGUAGES, LyricTokenizer
+from acestep_core.text.normalize import clean_english, spell_cardinal, spell_float, spell_ordinal
 from acestep_core.text.tags import TagTokenizer, make_tiny_spiece_model
 from acestep_core.text.vocab import LyricVocabNotFoundError, find_lyric_vocab
 

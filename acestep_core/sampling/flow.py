@@ -60,9 +60,19 @@ def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next
     by omega_factor(omega) (the original's mean-preserving rescale); omega 0 is plain Euler."""
     dx = (sigma_next - sigma) * velocity.float()
     if omega != 0.0:
-        mean = dx.mean()
-        dx = (dx - mean) * omega_factor(omega) + mean
+        dx = omega_rescale(dx, omega)
     return (x.float() + dx).to(x.dtype)
+
+
+def omega_rescale(update: torch.Tensor, omega: float) -> torch.Tensor:
+    """The original's mean-preserving "granularity" rescale, in float32: the deviation of
+    ``update`` from its mean (over the whole tensor, every batch item) scaled by
+    omega_factor(omega). Linear, so it may be applied to an Euler step's dx (euler_step) or to the
+    velocity before the step (the guidance node): x + dt * rescaled(v) is the original's
+    x + (dx - mean(dx)) * w + mean(dx)."""
+    update = update.float()
+    mean = update.mean()
+    return (update - mean) * omega_factor(omega) + mean
 
 
 def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

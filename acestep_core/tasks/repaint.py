@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import LATENT_DOWNSAMPLE, MAX_SECONDS, MEL_HOP, SAMPLE_RATE, frames_for_seconds
+from ..constants import MAX_SECONDS, frames_for_seconds, seconds_for_frames, seconds_to_frame
 from ..sampling.flow import euler_step
 
 __all__ = [
-    "MAX_EXTEND_FRAMES", "seconds_to_frame", "repaint_mask", "retake_noise", "repaint_noise",
+    "MAX_EXTEND_FRAMES", "seconds_to_frame", "check_variance", "repaint_mask", "retake_noise", "repaint_noise",
     "repaint_start_step", "repaint_initial_latent", "reimpose_known", "repaint_step",
     "ExtendPlan", "extend_frames", "extend_latent", "extend_noise", "extend_assemble",
 ]
@@ -53,22 +53,6 @@ MAX_EXTEND_FRAMES = frames_for_seconds(MAX_SECONDS)
 # ---------------------------------------------------------------------------------------------
 # Time <-> frames and the repaint mask
 # ---------------------------------------------------------------------------------------------
-def seconds_to_frame(seconds: float) -> int:
-    """The latent frame containing time ``seconds``: floor(seconds * 44100 / 512 / 8).
-
-    Equal to ``frames_for_seconds`` for seconds >= 0 (same expression, same float rounding);
-    negative times are floored too, so frame(x) + k == frame(x + k frames) on both sides of 0.
-    """
-    seconds = float(seconds)
-    if not math.isfinite(seconds):
-        raise ValueError(f"time must be a finite number of seconds (got {seconds})")
-    return math.floor(seconds * SAMPLE_RATE / MEL_HOP / LATENT_DOWNSAMPLE)
-
-
-def _frames_to_seconds(frames: int) -> float:
-    return frames * MEL_HOP * LATENT_DOWNSAMPLE / SAMPLE_RATE
-
-
 def repaint_mask(total_frames: int, start_seconds: float, end_seconds: float):
     """Mask of the frames to regenerate, for a source of ``total_frames`` frames.
 
@@ -87,7 +71,7 @@ def repaint_mask(total_frames: int, start_seconds: float, end_seconds: float):
     if start_seconds >= end_seconds:
         raise ValueError(f"repaint start ({start_seconds:g} s) must be before the end ({end_seconds:g} s)")
 
-    song = _frames_to_seconds(total_frames)
+    song = seconds_for_frames(total_frames)
     warnings = []
 
     def clamp(seconds: float, name: str) -> int:
@@ -115,10 +99,11 @@ def repaint_mask(total_frames: int, start_seconds: float, end_seconds: float):
 # ---------------------------------------------------------------------------------------------
 # Noise
 # ---------------------------------------------------------------------------------------------
-def _check_variance(variance: float) -> float:
+def check_variance(variance: float) -> float:
+    """The retake / repaint variance as a float in [0, 1], else a ValueError saying so."""
     variance = float(variance)
     if not 0.0 <= variance <= 1.0:  # also rejects NaN
-        raise ValueError(f"variance must be in [0, 1] (got {variance})")
+        raise ValueError(f"variance must be between 0 and 1 (got {variance}).")
     return variance
 
 
@@ -138,7 +123,7 @@ def retake_noise(noise: torch.Tensor, retake_noise: torch.Tensor, variance: floa
     cos^2 + sin^2 = 1, so two independent unit Gaussians mix into a unit Gaussian: variance 0
     gives ``noise`` (the original seed's song), 1 gives ``retake_noise`` (a new one), values in
     between a song correlated with the original by cos(phi). Endpoints are exact."""
-    c, s = _mix_weights(_check_variance(variance))
+    c, s = _mix_weights(check_variance(variance))
     if s == 0.0:
         return noise.clone()
     if c == 0.0:
@@ -163,7 +148,7 @@ def repaint_start_step(steps: int, variance: float) -> int:
     steps = int(steps)
     if steps < 1:
         raise ValueError(f"steps must be at least 1 (got {steps})")
-    return int(steps * (1 - _check_variance(variance)))
+    return int(steps * (1 - check_variance(variance)))
 
 
 def repaint_initial_latent(x0: torch.Tensor, z0: torch.Tensor, sigma) -> torch.Tensor:
@@ -268,7 +253,7 @@ def extend_latent(source: torch.Tensor, left_frames: int, right_frames: int,
     new = left + right
     if new >= max_frames:
         raise ValueError(f"an extension of {new} frames leaves no room for the source in the "
-                         f"{max_frames}-frame window ({_frames_to_seconds(max_frames):.1f} s); use a shorter one")
+                         f"{max_frames}-frame window ({seconds_for_frames(max_frames):.1f} s); use a shorter one")
     kept = min(total, max_frames - new)
     if kept < total and left > 0 and right > 0:
         raise ValueError(f"extending both sides ({left} + {right} frames) of a {total}-frame source "

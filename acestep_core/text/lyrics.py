@@ -396,8 +396,7 @@ class LyricTokenizer:
 
 __all__ = [
     "LyricTokenizer", "LyricLine", "LyricsPreview", "LyricIds", "SUPPORTED_LANGUAGES", "STRUCTURE_TAGS", "START_ID",
-    "SPACE_ID", "NULL_ID", "UNK_ID", "LYRIC_TOKEN_LIMIT", "clean_english", "clean_basic", "default_normalize",
-    "default_detect_language", "canonical_language", "split_language_tag", "language_token", "normalize_line",
-    "spell_cardinal", "spell_ordinal", "spell_float", "spell_money", "expand_english_numbers",
-    "collapse_whitespace",
+    "SPACE_ID", "NULL_ID", "UNK_ID", "LYRIC_TOKEN_LIMIT", "default_normalize",
+    "default_detect_language", "canonical_language", "split_language_tag", "language_token",
 ]
+# The text normalisation (clean_english, spell_cardinal, ...) has one home: acestep_core.text.normalize.
