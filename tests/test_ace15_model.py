@@ -87,3 +87,14 @@ def test_tiny_checkpoint_reads_back(tmp_path, prefix):
     with torch.no_grad():
         out = model(*(v.bfloat16() for v in (a["x"], a["timestep"], a["context"], a["lyric_embed"], a["refer_audio"])))
     assert out.shape == (1, 64, 9) and torch.isfinite(out.float()).all()
+
+
+def test_kv_heads_copied_or_grouped_by_sdpa_agree(model, monkeypatch):
+    """The grouped-KV fast path (SDPA enable_gqa) and the copy path for older torch agree."""
+    from acestep_core.ace15 import layers
+    a = inputs()
+    with torch.no_grad():
+        fast = model(a["x"], a["timestep"], a["context"], a["lyric_embed"], a["refer_audio"], is_covers=True)
+        monkeypatch.setattr(layers, "SDPA_GROUPS_KV_HEADS", False)
+        copied = model(a["x"], a["timestep"], a["context"], a["lyric_embed"], a["refer_audio"], is_covers=True)
+    assert torch.allclose(fast, copied, atol=1e-5, rtol=0)

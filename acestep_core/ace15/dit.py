@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import ops as ops_module
 from .config import DiTConfig
-from .layers import Attention, SwiGLU, rotary_cos_sin
+from .layers import Attention, SwiGLU, rotary_cos_sin, sliding_window_mask
 
 
 def sinusoid(t: torch.Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> torch.Tensor:
@@ -79,18 +79,20 @@ class DiTLayer(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.empty(1, 6, c.hidden_size, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor, time_modulation: torch.Tensor, condition: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor], window_mask: torch.Tensor | None = None) -> torch.Tensor:
         modulation = self.scale_shift_table.to(time_modulation) + time_modulation      # [B, 6, H]
         shift, scale, gate, c_shift, c_scale, c_gate = modulation.chunk(6, dim=1)      # each [B, 1, H]
+        # (torch.addcmul(a, b, c) = a + b * c in one pass: the fast form of the lines below)
 
-        h = self.self_attn_norm(x) * (1 + scale) + shift
-        x = x + self.self_attn(h, rotary=rotary) * gate
+        # h = norm(x) * (1 + scale) + shift;  x = x + self_attn(h) * gate
+        h = torch.addcmul(shift, self.self_attn_norm(x), 1 + scale)
+        x = torch.addcmul(x, self.self_attn(h, rotary=rotary, window_mask=window_mask), gate)
 
         x = x + self.cross_attn(self.cross_attn_norm(x), context=condition)
 
-        h = self.mlp_norm(x) * (1 + c_scale) + c_shift
-        x = x + self.mlp(h) * c_gate
-        return x
+        # h = norm(x) * (1 + c_scale) + c_shift;  x = x + mlp(h) * c_gate
+        h = torch.addcmul(c_shift, self.mlp_norm(x), 1 + c_scale)
+        return torch.addcmul(x, self.mlp(h), c_gate)
 
 
 class Ace15DiT(nn.Module):
@@ -136,8 +138,11 @@ class Ace15DiT(nn.Module):
 
         condition = self.condition_embedder(encoder_hidden_states)
         rotary = rotary_cos_sin(x.shape[1], self.config.head_dim, self.config.rope_theta, x)
+        window_mask = None
+        if x.shape[1] > self.config.sliding_window + 1:   # one window mask for all sliding layers
+            window_mask = sliding_window_mask(x.shape[1], self.config.sliding_window, x.device)
         for layer in self.layers:
-            x = layer(x, time_modulation, condition, rotary)
+            x = layer(x, time_modulation, condition, rotary, window_mask)
 
         # The output modulation uses temb ([B, H], after linear_2), not the six-way projection.
         shift, scale = (self.scale_shift_table.to(temb) + temb.unsqueeze(1)).chunk(2, dim=1)

@@ -41,6 +41,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+def _sdpa_groups_kv_heads() -> bool:
+    """Whether this torch's SDPA reads grouped KV heads itself (``enable_gqa``, torch >= 2.5)."""
+    try:
+        q, kv = torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2)
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+SDPA_GROUPS_KV_HEADS = _sdpa_groups_kv_heads()
+
+
 def sliding_window_mask(length: int, window: int, device) -> torch.Tensor:
     """Boolean ``[L, L]``: True where key j is visible to query i, i.e. ``|i - j| <= window``
     (bidirectional; ComfyUI ``AceStepAttention.forward`` builds the same as an additive bias with
@@ -120,7 +133,10 @@ class Attention(nn.Module):
         return x.transpose(1, 2)              # [B, heads, L, head_dim]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                window_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``window_mask``: the caller's :func:`sliding_window_mask` for this length and window,
+        to build it once for all layers (made here when needed and not given)."""
         batch, length, _ = x.shape
         source = x if context is None else context
         q = self._heads(x, self.q_proj, self.num_heads, self.q_norm)
@@ -134,18 +150,23 @@ class Attention(nn.Module):
                 q = apply_rotary(q, cos, sin)
                 k = apply_rotary(k, cos, sin)
             if self.sliding_window is not None and length > self.sliding_window + 1:
-                mask = sliding_window_mask(length, self.sliding_window, x.device)
+                mask = window_mask if window_mask is not None else sliding_window_mask(
+                    length, self.sliding_window, x.device)
 
         # Grouped KV heads: query head h reads KV head h // (num_heads / num_kv_heads)
         # (ComfyUI ``repeat_interleave(n_rep, dim=1)``).
         group = self.num_heads // self.num_kv_heads
-        if group > 1:
+        grouped = group > 1 and SDPA_GROUPS_KV_HEADS   # fast path: SDPA indexes the KV heads, no copies
+        if group > 1 and not grouped:
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
 
         # Fast path: torch's fused kernel for softmax(q k^T / sqrt(head_dim) + mask) v, the same
         # math as ComfyUI's ``optimized_attention`` with its additive window bias.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if grouped:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
