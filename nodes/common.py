@@ -40,3 +40,13 @@ def check_latent(latent, who: str, source: str = "VAEEncodeAudio with the ACE-St
     if latent.shape[-1] < 1:
         raise ValueError(f"{who}: the latent has 0 frames; there is no audio in it.")
     return latent
+
+
+def bool_input(default: bool, tooltip: str):
+    """A BOOLEAN input spec."""
+    return ("BOOLEAN", {"default": default, "tooltip": tooltip})
+
+
+def float_input(default: float, lo: float, hi: float, step: float, tooltip: str):
+    """A FLOAT input spec."""
+    return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tooltip})

@@ -1,4 +1,4 @@
-"""The original app's guidance as a MODEL patch, and flow-edit as a GUIDER.
+"""The original app's guidance as a MODEL patch (flow-edit, a GUIDER, is in nodes/edit.py).
 
 ``AceStepGuidance`` clones a MODEL and hooks ComfyUI's sampler (comfy/samplers.py) so that the
 stock KSampler / SamplerCustomAdvanced guide like the original ACE-Step app
@@ -20,9 +20,7 @@ stock KSampler / SamplerCustomAdvanced guide like the original ACE-Step app
 The guidance scale is KSampler's ``cfg`` (the original default is 15). With everything off the
 patch installs nothing, so the model samples exactly as the unpatched one.
 
-``AceStepEdit`` is a GUIDER for SamplerCustomAdvanced that runs the original's flow-edit loop
-(acestep_core.tasks.edit) between a source and a target conditioning on the latent given to the
-sampler. ``AceStepErgNegative`` makes the negative conditioning that tag ERG needs.
+``AceStepErgNegative`` makes the negative conditioning that tag ERG needs.
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ from dataclasses import dataclass
 import torch
 
 import comfy.conds
-import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
 
@@ -43,10 +40,9 @@ from acestep_core.sampling.guidance import (APG_ETA, APG_MOMENTUM, APG_NORM_THRE
                                             double_condition_guidance, erg_diffusion_modules, erg_lyric_modules,
                                             guidance_interval_active, guidance_scale_at, scaled_queries,
                                             step_index_from_sigma, velocity_from_denoised)
-from acestep_core.sampling.flow import omega_factor, omega_rescale
-from acestep_core.tasks.edit import EDIT_PRESETS, edit_step_range, flowedit_sample
+from acestep_core.sampling.flow import omega_rescale
 
-from .common import CATEGORY, log, node_errors
+from .common import CATEGORY, bool_input as _bool, float_input as _float, log, node_errors
 
 STATE_KEY = "acestep_guidance_state"        # model_options key of the per-run state
 WRAPPER_KEY = "acestep_guidance"
@@ -343,14 +339,6 @@ class GuidancePatch:
 # =============================================================================================
 # Nodes
 # =============================================================================================
-def _bool(default: bool, tooltip: str):
-    return ("BOOLEAN", {"default": default, "tooltip": tooltip})
-
-
-def _float(default: float, lo: float, hi: float, step: float, tooltip: str):
-    return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tooltip})
-
-
 class AceStepGuidance:
     DESCRIPTION = ("The original ACE-Step app's guidance for the stock KSampler: APG, CFG-Zero*, guidance "
                    "interval and decay, separate tag / lyric scales, ERG and omega. The guidance scale is "
@@ -493,173 +481,11 @@ class AceStepErgNegative:
         return (erg_negative(positive, erg_tag_embedding(clip, tags)),)
 
 
-# ---------------------------------------------------------------------------------------------
-# Flow-edit guider
-# ---------------------------------------------------------------------------------------------
-def edit_unconditional(conditioning):
-    """The original flow-edit's unconditional context for one stream: zero text, zero lyric ids
-    and a zero lyric mask (so the lyrics are masked out entirely)."""
-    out = []
-    for cond, options in conditioning:
-        options = options.copy()
-        lyrics = options.get("conditioning_lyrics")
-        if lyrics is not None:
-            options["conditioning_lyrics"] = torch.zeros_like(lyrics)
-            options["conditioning_lyrics_mask"] = torch.zeros(lyrics.shape, dtype=torch.long)
-        if options.get("pooled_output") is not None:
-            options["pooled_output"] = torch.zeros_like(options["pooled_output"])
-        out.append([torch.zeros_like(cond), options])
-    return out
-
-
-def edit_range(mode: str, n_min: float, n_max: float) -> tuple[float, float]:
-    if mode in EDIT_PRESETS:
-        return EDIT_PRESETS[mode]
-    if mode != "custom":
-        raise ValueError(f"AceStepEdit: mode must be one of {', '.join(list(EDIT_PRESETS) + ['custom'])} (got {mode!r})")
-    return float(n_min), float(n_max)
-
-
-class FlowEditGuider(comfy.samplers.CFGGuider):
-    """GUIDER running the original's flow-edit: the latent given to the sampler is the source;
-    the result follows the target conditioning where it differs from the source's."""
-
-    def __init__(self, model_patcher, source, target, negative=None, cfg: float = 15.0, n_min: float = 0.6,
-                 n_max: float = 1.0, n_avg: int = 1, cfg_type: str = "apg"):
-        super().__init__(model_patcher)
-        edit_step_range(1, n_min, n_max)                   # validates the range
-        if cfg_type not in ("apg", "cfg"):
-            raise ValueError(f"AceStepEdit: cfg_type must be 'apg' or 'cfg' (got {cfg_type!r})")
-        if int(n_avg) < 1:
-            raise ValueError(f"AceStepEdit: n_avg must be at least 1 (got {n_avg})")
-        self.set_cfg(cfg)
-        self.n_min, self.n_max, self.n_avg, self.cfg_type = float(n_min), float(n_max), int(n_avg), cfg_type
-        conds = {"positive": target, "source": source,
-                 "negative": negative if negative is not None else edit_unconditional(target),
-                 "source_negative": negative if negative is not None else edit_unconditional(source)}
-        self.inner_set_conds(conds)
-
-    def _velocity_fn(self, positive: str, negative: str, model_options: dict, buffer: MomentumBuffer):
-        guided = cfg_active(float(self.cfg))
-
-        def velocity(z: torch.Tensor, sigma: float) -> torch.Tensor:
-            timestep = torch.full((z.shape[0],), sigma, device=z.device, dtype=torch.float32)
-            if not guided:
-                c = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[positive]], z, timestep, model_options)[0]
-                return velocity_from_denoised(z, c, sigma)
-            c, u = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[positive], self.conds[negative]], z,
-                                                  timestep, model_options)
-            v_c, v_u = velocity_from_denoised(z, c, sigma), velocity_from_denoised(z, u, sigma)
-            if self.cfg_type == "apg":
-                return apg(v_c, v_u, float(self.cfg), buffer)
-            return cfg_combine(v_c, v_u, float(self.cfg))
-
-        return velocity
-
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
-                     latent_shapes=None):
-        if latent_image is None or torch.count_nonzero(latent_image) == 0:
-            raise ValueError("AceStepEdit: the latent is empty. Give SamplerCustomAdvanced the source song's latent "
-                             "(VAEEncodeAudio with the ACE-Step VAE), not an empty latent.")
-        if denoise_mask is not None:
-            log.warning("AceStepEdit: the latent's noise_mask is ignored; flow-edit edits the whole song")
-        if getattr(getattr(sampler, "sampler_function", None), "__name__", "sample_euler") != "sample_euler":
-            log.info("AceStepEdit: flow-edit runs its own Euler steps (as the original); the sampler is not used")
-        latent_image = self.inner_model.process_latent_in(latent_image)
-        self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, latent_image,
-                                                  denoise_mask, seed, latent_shapes=latent_shapes)
-        model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
-        model_options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
-
-        x_src = latent_image.to(torch.float32)
-        v_target = self._velocity_fn("positive", "negative", model_options, MomentumBuffer())
-        v_source = self._velocity_fn("source", "source_negative", model_options, MomentumBuffer())
-
-        # Fresh noise for every edited step: the first draw is the NOISE input's noise, the rest
-        # continue the same seed's generator (all zeros if the NOISE input is DisableNoise).
-        zero_noise = torch.count_nonzero(noise) == 0
-        generator = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
-        torch.randn(noise.shape, generator=generator)          # the draw that `noise` already is
-        draws = [noise]
-
-        def noise_fn():
-            if draws:
-                return draws.pop().to(device=x_src.device, dtype=torch.float32)
-            if zero_noise:
-                return torch.zeros_like(x_src)
-            return torch.randn(x_src.shape, generator=generator).to(x_src.device)
-
-        total = len(sigmas) - 1
-
-        def on_step(i, state):
-            if callback is not None:
-                callback(i, state, state, total)
-
-        result = flowedit_sample(v_target, v_source, x_src, [float(s) for s in sigmas], self.n_min, self.n_max,
-                                 noise_fn, self.n_avg, on_step)
-        return self.inner_model.process_latent_out(result.to(torch.float32))
-
-
-class AceStepEdit:
-    DESCRIPTION = ("Flow-edit (the original app's 'edit' task) as a GUIDER for SamplerCustomAdvanced: changes a "
-                   "song's lyrics (only_lyrics) or style (remix) while keeping the rest. The sampler's latent is "
-                   "the source song; sigmas from BasicScheduler (simple, 60 steps as the original).")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        lo, hi = EDIT_PRESETS["only_lyrics"]
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The ACE-Step model."}),
-                "source_conditioning": ("CONDITIONING", {
-                    "tooltip": "What the source song is: its tags and lyrics (TextEncodeAceStepAudio)."}),
-                "target_conditioning": ("CONDITIONING", {
-                    "tooltip": "What it should become: the edited lyrics (only_lyrics) or tags (remix)."}),
-                "mode": (list(EDIT_PRESETS) + ["custom"], {
-                    "default": "only_lyrics",
-                    "tooltip": "only_lyrics: edit steps 60%-100% of the schedule (keeps the music, changes the "
-                               "words); remix: edit 20%-40%, then sample the rest freely for the target; custom: "
-                               "use n_min / n_max below."}),
-                "cfg": ("FLOAT", {"default": 15.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Guidance scale of both streams (original 15; 0 or 1 = no guidance)."}),
-                "n_min": _float(lo, 0.0, 1.0, 0.01, "custom mode: first edited step as a fraction of the steps "
-                                                   "(steps before it are skipped: the source survives them)."),
-                "n_max": _float(hi, 0.0, 1.0, 0.01, "custom mode: end of the edited steps as a fraction; from there "
-                                                   "on the target is sampled freely (1.0 = edit to the end)."),
-                "n_avg": ("INT", {"default": 1, "min": 1, "max": 16,
-                                  "tooltip": "Noise draws averaged per edited step (original 1; more = smoother, "
-                                             "slower)."}),
-                "cfg_type": (["apg", "cfg"], {"default": "apg",
-                                              "tooltip": "apg as the original (separate momentum per stream), or cfg."}),
-            },
-            "optional": {
-                "negative": ("CONDITIONING", {
-                    "tooltip": "Optional negative for both streams. Unconnected: the original's (zero tags, lyrics "
-                               "masked out), built per stream."}),
-            },
-        }
-
-    RETURN_TYPES = ("GUIDER",)
-    OUTPUT_TOOLTIPS = ("Guider for SamplerCustomAdvanced (its latent_image = the source song's latent).",)
-    FUNCTION = "get_guider"
-    CATEGORY = CATEGORY
-
-    def get_guider(self, model, source_conditioning, target_conditioning, mode, cfg, n_min, n_max, n_avg, cfg_type,
-                   negative=None):
-        lo, hi = edit_range(mode, n_min, n_max)
-        with node_errors("AceStepEdit"):
-            guider = FlowEditGuider(model, source_conditioning, target_conditioning, negative, cfg, lo, hi, n_avg,
-                                    cfg_type)
-        return (guider,)
-
-
 NODE_CLASS_MAPPINGS = {
     "AceStepGuidance": AceStepGuidance,
     "AceStepErgNegative": AceStepErgNegative,
-    "AceStepEdit": AceStepEdit,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AceStepGuidance": "ACE-Step Guidance (APG, ERG, interval)",
     "AceStepErgNegative": "ACE-Step ERG Negative (tag ERG)",
-    "AceStepEdit": "ACE-Step Edit (flow-edit guider)",
 }

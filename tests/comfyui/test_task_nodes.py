@@ -1,4 +1,4 @@
-"""Task, guidance, edit and LoRA nodes (nodes/tasks.py, nodes/guidance.py, nodes/lora.py) inside
+"""Task, guidance, edit and LoRA nodes (nodes/tasks.py, guidance.py, edit.py, lora.py) inside
 ComfyUI's own samplers, in process, on a tiny random-weight checkpoint.
 
 References are computed independently of the nodes: sampling loops written here from the
@@ -38,7 +38,7 @@ def env():
     out.update(comfy_extras("nodes_ace", "nodes_custom_sampler"))
     pack = pack_module()
     out["pack"] = pack
-    for name in ("tasks", "guidance", "lora", "loaders"):
+    for name in ("tasks", "guidance", "edit", "lora", "loaders"):
         out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
     return out
 
@@ -366,7 +366,7 @@ def test_retake_sampling_noise_and_ksampler_paths(env, loaded, conds):
 def _edit(env, model, source, target, mode, n_min=0.0, n_max=1.0, steps=5, cfg=CFG, seed=SEED, negative=None,
           latent=None):
     cs = env["nodes_custom_sampler"]
-    guider = env["guidance"].AceStepEdit().get_guider(model, source, target, mode, cfg, n_min, n_max, 1, "apg",
+    guider = env["edit"].AceStepEdit().get_guider(model, source, target, mode, cfg, n_min, n_max, 1, "apg",
                                                       negative)[0]
     sigmas = cs.BasicScheduler.execute(model, "simple", steps, 1.0).result[0]
     sampler = cs.KSamplerSelect.execute("euler").result[0]
@@ -427,7 +427,7 @@ def test_edit_rejects_empty_latent_and_bad_range(env, loaded, conds):
     with pytest.raises(ValueError, match="latent is empty"):
         _edit(env, loaded[0], positive, positive, "only_lyrics", latent=_empty())
     with pytest.raises(ValueError, match="AceStepEdit"):
-        env["guidance"].AceStepEdit().get_guider(loaded[0], positive, positive, "custom", CFG, 0.8, 0.2, 1, "apg")
+        env["edit"].AceStepEdit().get_guider(loaded[0], positive, positive, "custom", CFG, 0.8, 0.2, 1, "apg")
 
 
 # =============================================================================================
