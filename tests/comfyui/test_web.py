@@ -603,6 +603,139 @@ def test_region_picker_draws_the_decoded_output_of_the_same_latent(chromium, com
         assert saved_audio(comfy_server, entry, G_SAVE2).is_file()
 
 
+# -- a shipped workflow dropped on the canvas, with the frontend's Nodes 2.0 off and on --------------
+# The setting behind Settings > Comfy > Nodes 2.0, "Modern Node Design (Nodes 2.0)" (frontends
+# 1.27 and later: 1.32.9 in ComfyUI 0.3.75, 1.43.18 in 0.20.1). With it on, nodes and their
+# widgets are HTML (Vue) elements instead of drawings on the canvas.
+NODES_2_SETTING = "Comfy.VueNodes.Enabled"
+
+# Every token count a lyric panel shows, in order, from the page's first moment on.
+RECORD_LYRIC_COUNTS_JS = """window.__acestepCounts = [];
+new MutationObserver(() => {
+    for (const panel of document.querySelectorAll('.acestep-lyrics')) {
+        const shown = panel.querySelector('.acestep-token-count')?.textContent;
+        if (shown && panel.__acestepShown !== shown) {
+            panel.__acestepShown = shown;
+            window.__acestepCounts.push(shown);
+        }
+    }
+}).observe(document, {subtree: true, childList: true, characterData: true});"""
+
+# Node `id` at full size near the top left of the screen, as a user zooms in to edit it (when the
+# whole graph is fitted to the screen, Nodes 2.0 hides widgets of small nodes).
+SHOW_NODE_JS = """(id) => {
+    const app = window.app, n = app.graph.getNodeById(id);
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [120 - n.pos[0], 150 - n.pos[1]];
+    app.graph.setDirtyCanvas(true, true);
+}"""
+
+# The lyric box a user sees for node `id` (the classic textarea, or Nodes 2.0's own), given an id.
+MARK_LYRICS_BOX_JS = """(id) => {
+    const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === 'lyrics');
+    const shown = [...document.querySelectorAll('textarea')].filter(t => t.value === w.value && t.offsetParent);
+    if (shown.length !== 1) return shown.length;
+    shown[0].id = 'acestep-test-lyrics';
+    return 1;
+}"""
+
+
+@pytest.mark.parametrize("nodes_2", [False, True], ids=["classic", "nodes_2"])
+def test_dropped_repaint_workflow_with_nodes_2_off_and_on(nodes_2, chromium, comfy_server, song):
+    """workflows/repaint.json dropped on a fresh frontend: the lyric panel shows the file's lyrics
+    from its first answer on (frontend 1.43 showed "1 / 4096 tokens, no lyrics", the empty box's
+    preview, until the panel's poll came round); typing in the lyric box the user sees updates it;
+    with LoadAudio set to a song, the region picker draws it and a drag sets the repaint range; the
+    prompt Run sends carries the typed lyrics and the dragged range."""
+    from acestep_core.text.lyrics import LyricTokenizer
+    from acestep_core.text.vocab import find_lyric_vocab
+
+    workflow = json.loads((REPO / "workflows" / "repaint.json").read_text())
+    by_type = {node["type"]: node for node in workflow["nodes"]}
+    text_id, repaint_id = by_type["TextEncodeAceStepAudio"]["id"], by_type["AceStepRepaint"]["id"]
+    file_lyrics = by_type["TextEncodeAceStepAudio"]["widgets_values"][1]
+    # The file's checkpoint is not on the test server: the panel reads ComfyUI's own vocabulary.
+    tokenizer = LyricTokenizer(find_lyric_vocab())
+
+    def expected_count(text):
+        preview = tokenizer.preview(text)
+        return f"{preview.total_tokens} / {preview.limit} tokens"
+
+    changes = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False, NODES_2_SETTING: nodes_2}
+    before = requests.get(comfy_server.url + "/settings", timeout=30).json()
+    requests.post(comfy_server.url + "/settings", json=changes, timeout=30).raise_for_status()
+    page = chromium.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
+    try:
+        page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');\n" + RECORD_LYRIC_COUNTS_JS)
+        ui = ComfyPage(comfy_server, page)
+        ui.open()
+        version = ui.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? '?'")
+        known = ui.evaluate(f"() => Boolean(window.app.ui.settings.settingsLookup?.['{NODES_2_SETTING}'])")
+        if not known:
+            # Only a frontend without Nodes 2.0 lacks the setting; classic nodes are all it has.
+            assert nodes_2, f"frontend {version} does not know {NODES_2_SETTING}, yet ran the classic case"
+            pytest.skip(f"frontend {version} has no Nodes 2.0 ({NODES_2_SETTING} is not one of its settings)")
+        ui.load_workflow(REPO / "workflows" / "repaint.json", drag_drop=True)
+        # The mode really is the one asked for: Nodes 2.0 draws each node as an element.
+        vue_nodes = ui.evaluate("() => document.querySelectorAll('[data-node-id]').length")
+        assert (vue_nodes > 0) == nodes_2, f"frontend {version}: {vue_nodes} node elements with {changes}"
+
+        # The lyric panel: the file's lyrics, and never the empty box's count before them.
+        ui.page.wait_for_function("(text) => document.querySelector('.acestep-lyrics')?.dataset.state === 'ready'"
+                                  " && document.querySelector('.acestep-lyrics').dataset.text === text",
+                                  arg=file_lyrics, timeout=60_000)
+        shown = [c for c in ui.evaluate("() => window.__acestepCounts") if not c.startswith("…")]
+        print(f"frontend {version}, Nodes 2.0 {'on' if nodes_2 else 'off'}: counts shown {shown}")
+        assert shown == [expected_count(file_lyrics)], shown
+
+        # Typing in the box the user sees (Nodes 2.0 has its own textarea).
+        ui.evaluate(SHOW_NODE_JS, text_id)
+        ui.page.wait_for_timeout(500)
+        assert ui.evaluate(MARK_LYRICS_BOX_JS, text_id) == 1
+        typed = "[verse]\nneon rain on the window\n[chorus]\nla la la"
+        box = ui.page.locator("#acestep-test-lyrics")
+        box.click()
+        box.press("Control+A")
+        box.press("Delete")
+        box.type(typed, delay=2)
+        ui.page.wait_for_function("(text) => document.querySelector('.acestep-lyrics').dataset.text === text"
+                                  " && document.querySelector('.acestep-lyrics').dataset.state === 'ready'",
+                                  arg=typed, timeout=30_000)
+        count = ui.evaluate("() => document.querySelector('.acestep-lyrics .acestep-token-count').textContent")
+        assert count == expected_count(typed)
+
+        # The region picker on the song LoadAudio is set to (and a range inside that short song).
+        ui.evaluate("""([song, repaint]) => {
+            const set = (n, name, value) => { const w = n.widgets.find(w => w.name === name);
+                                              w.value = value; w.callback?.(value); };
+            set(window.app.graph.nodes.find(n => n.type === 'LoadAudio'), 'audio', song);
+            const node = window.app.graph.getNodeById(repaint);
+            set(node, 'start_seconds', 0.0);
+            set(node, 'end_seconds', 1.0); }""", [song, repaint_id])
+        ui.evaluate(SHOW_NODE_JS, repaint_id)
+        ui.page.wait_for_timeout(500)
+        wave = wait_for_waveform(ui, "repaint")
+        assert wave["duration"] == pytest.approx(SONG_SECONDS, abs=1e-3)
+        x0, x1 = drag(ui, wave["box"], 0.3, 0.8)
+        box_, (v0, v1) = wave["box"], wave["view"]
+        expected = sorted(v0 + (x - box_["x"]) / box_["width"] * (v1 - v0) for x in (x0, x1))
+        values = ui.evaluate(WIDGETS_JS, repaint_id)
+        measured = [values["start_seconds"], values["end_seconds"]]
+        print(f"drag: expected {expected}, widgets {measured}")
+        assert max(abs(m - e) for m, e in zip(measured, expected)) <= FRAME_SECONDS, (measured, expected)
+
+        prompt = ui.graph_to_prompt()
+        assert prompt[str(text_id)]["inputs"]["lyrics"] == typed
+        inputs = prompt[str(repaint_id)]["inputs"]
+        assert [inputs["start_seconds"], inputs["end_seconds"]] == measured
+        assert ui.page_errors == [], f"errors in the page: {ui.page_errors}"
+    finally:
+        page.close()
+        restore = {key: before.get(key, default) for key, default in
+                   (("Comfy.Minimap.Visible", True), ("Comfy.Graph.CanvasInfo", True), (NODES_2_SETTING, False))}
+        requests.post(comfy_server.url + "/settings", json=restore, timeout=30).raise_for_status()
+
+
 # -- an older frontend: the APIs the extensions use are missing -------------------------------------
 # Both extensions add their panels with node.addDOMWidget (and feature-check it). The frontend's
 # own multiline text box is built with it too, so deleting it outright would break the plain

@@ -14,10 +14,15 @@ import { api } from "../../../scripts/api.js";
 const LYRIC_NODES = new Set(["TextEncodeAceStepAudio", "AceStepLyricsPreview"]);
 const PANEL_WIDGET = "acestep_lyrics_preview";
 const DEBOUNCE_MS = 350;
+// The panel's height range. The classic canvas sizes DOM widgets from getMin/MaxHeight; the
+// frontend's Nodes 2.0 (1.43) lays them out as HTML and reads only the CSS.
+const PANEL_MIN_HEIGHT = 90;
+const PANEL_MAX_HEIGHT = 320;
 const LOADER_CKPT_WIDGETS = ["ckpt_name", "checkpoint", "model_name"];
 
 const STYLE = `
 .acestep-lyrics { box-sizing: border-box; width: 100%; height: 100%; overflow: auto;
+  min-height: ${PANEL_MIN_HEIGHT}px; max-height: ${PANEL_MAX_HEIGHT}px;
   font: 11px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   color: var(--input-text, #ddd); background: var(--comfy-input-bg, #222);
   border: 1px solid var(--border-color, #444); border-radius: 6px; padding: 4px 6px; }
@@ -164,7 +169,8 @@ function showError(panel, message) {
 
 function attachLyricEditor(node) {
   const lyrics = node.widgets?.find((w) => w.name === "lyrics");
-  const textarea = lyrics?.inputEl ?? lyrics?.element;
+  // (`element` first: frontend 1.43 warns that `inputEl` is deprecated.)
+  const textarea = lyrics?.element ?? lyrics?.inputEl;
   if (!(textarea instanceof HTMLTextAreaElement) || typeof node.addDOMWidget !== "function") return;
   if (node.widgets.some((w) => w.name === PANEL_WIDGET)) return;
   addStyle();
@@ -186,16 +192,20 @@ function attachLyricEditor(node) {
     hideOnZoom: false,
     getValue: () => undefined,
     setValue: () => {},
-    getMinHeight: () => 90,
-    getMaxHeight: () => 320,
+    getMinHeight: () => PANEL_MIN_HEIGHT,
+    getMaxHeight: () => PANEL_MAX_HEIGHT,
   });
   widget.serialize = false;
 
   let timer = null;
   let sequence = 0;
   let lastKey = null;
+  // The widget's value is the lyrics the prompt gets. With the frontend's Nodes 2.0 (1.43) the
+  // box the user edits is not this textarea (that one is then detached, kept in step by the
+  // frontend), so the value, not the element, is read.
+  const currentText = () => (typeof lyrics.value === "string" ? lyrics.value : textarea.value);
   const refresh = async () => {
-    const text = textarea.value;
+    const text = currentText();
     const ckpt = upstreamCheckpoint(node);
     const key = `${ckpt}\u0000${text}`;
     if (key === lastKey) return;
@@ -226,15 +236,32 @@ function attachLyricEditor(node) {
       panel.dataset.state = "error";
     }
   };
-  // Typing: one request once the user pauses.
-  textarea.addEventListener("input", () => {
+  const refreshAfter = (ms) => {
     clearTimeout(timer);
-    timer = setTimeout(() => { timer = null; refresh(); }, DEBOUNCE_MS);
-  });
-  // Values set by code (workflow load, widget.value = ...) fire no "input" event: poll cheaply.
+    timer = setTimeout(() => { timer = null; refresh(); }, ms);
+  };
+  // Typing: one request once the user pauses (the classic textarea's events; Nodes 2.0's box
+  // reports edits through the widget's callback).
+  textarea.addEventListener("input", () => refreshAfter(DEBOUNCE_MS));
+  const callback = lyrics.callback;
+  lyrics.callback = function () {
+    refreshAfter(DEBOUNCE_MS);
+    return callback?.apply(this, arguments);
+  };
+  // A workflow being loaded creates the node first (this function runs then, with the box still
+  // empty) and sets its widget values and links afterwards, in node.configure: ask once that is
+  // done, never for the empty box (frontend 1.43 showed "1 / 4096 tokens, no lyrics" for a loaded
+  // song until the poll below came round).
+  const onConfigure = node.onConfigure;
+  node.onConfigure = function () {
+    const result = onConfigure?.apply(this, arguments);
+    refreshAfter(0);
+    return result;
+  };
+  // Values set by code (widget.value = ...) fire no event at all: poll cheaply.
   const poll = setInterval(() => {
     if (!node.graph || timer !== null) return;
-    if (`${upstreamCheckpoint(node)}\u0000${textarea.value}` !== lastKey) refresh();
+    if (`${upstreamCheckpoint(node)}\u0000${currentText()}` !== lastKey) refresh();
   }, 1000);
 
   const onRemoved = node.onRemoved;
@@ -243,7 +270,9 @@ function attachLyricEditor(node) {
     clearTimeout(timer);
     return onRemoved?.apply(this, arguments);
   };
-  refresh();
+  // A node added by hand has no configure step: ask once the current task (where a workflow
+  // load would configure it) is over.
+  refreshAfter(0);
 }
 
 app.registerExtension({

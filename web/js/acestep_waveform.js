@@ -24,10 +24,13 @@ const PEAK_BINS = 1200;
 const EDGE_GRAB_PX = 6;       // a press this close to a region edge moves that edge
 const POLL_MS = 250;
 
+// The canvas's flex basis is HEIGHT, not `auto`: the frontend's Nodes 2.0 (1.43) gives the panel
+// no height of its own, and with `auto` the canvas took its pixel buffer's height there (494 px
+// for a 494 px wide panel) and a drag across it set nothing.
 const STYLE = `
 .acestep-wave { box-sizing: border-box; width: 100%; height: 100%; display: flex; flex-direction: column;
   gap: 3px; font: 11px/1.3 system-ui, sans-serif; color: var(--input-text, #ddd); }
-.acestep-wave canvas { width: 100%; flex: 1 1 auto; min-height: 60px; display: block; cursor: crosshair;
+.acestep-wave canvas { width: 100%; flex: 1 1 ${HEIGHT}px; min-height: 60px; display: block; cursor: crosshair;
   background: var(--comfy-input-bg, #1c1c1c); border: 1px solid var(--border-color, #444); border-radius: 6px;
   touch-action: none; }
 .acestep-wave-bar { display: flex; gap: 6px; align-items: center; min-height: 20px; }
