@@ -44,7 +44,7 @@ import torch
 
 __all__ = [
     "LoraError", "LoraConfig", "LoraPatch", "LoraWeights", "RELEASED_LORA_CONFIG", "PLAIN_LORA_CONFIG",
-    "ACE_STEP_LORA_TARGETS", "lora_scale", "lora_delta", "load_lora", "apply_lora_", "lora_target_keys",
+    "ACE_STEP_LORA_TARGETS", "lora_scale", "lora_delta", "load_lora", "lora_target_keys",
     "write_tiny_lora",
 ]
 
@@ -238,7 +238,7 @@ def load_lora(path, model_keys, *, default_config: LoraConfig | None = RELEASED_
 
     ``model_keys``: the transformer's canonical weight keys - a set of names, or a mapping of
     name -> shape / tensor (then every A/B pair is checked against its weight's shape here,
-    otherwise in ``apply_lora_``). ``default_config`` sets the scale of modules that have
+    otherwise when the patch is applied). ``default_config`` sets the scale of modules that have
     neither an ``.alpha`` tensor nor an adapter config (module docstring); None means
     ``PLAIN_LORA_CONFIG``.
 
@@ -363,29 +363,6 @@ def _check_fits(name: str, module: str, A: torch.Tensor, B: torch.Tensor, shape)
 # ---------------------------------------------------------------------------------------------
 # Applying
 # ---------------------------------------------------------------------------------------------
-def apply_lora_(state_dict: dict, lora: Mapping, strength: float = 1.0) -> dict:
-    """Add ``strength * scale * B @ A`` to each targeted weight of ``state_dict`` and return it.
-
-    The dict is updated in place with new tensors (the old ones are not written to, so
-    memory-mapped or shared weights are safe); each sum is formed in at least float32 and cast
-    back to the weight's dtype. Strength 0 leaves everything as it was. Call once per LoRA to
-    stack several."""
-    if float(strength) == 0.0:
-        return state_dict
-    missing = [k for k in lora if k not in state_dict]
-    if missing:
-        raise LoraError(f"the state dict has no weight {missing[0]} that this LoRA adapts "
-                        f"({len(missing)} missing in all)")
-    for key, patch in lora.items():
-        A, B, scale = patch
-        weight = state_dict[key]
-        _check_fits("LoRA", key[:-len(".weight")] if key.endswith(".weight") else key, A, B, tuple(weight.shape))
-        work_dtype = torch.promote_types(weight.dtype, torch.float32)
-        delta = lora_delta(A.to(weight.device), B.to(weight.device), scale, strength, tuple(weight.shape))
-        state_dict[key] = (weight.to(work_dtype) + delta.to(work_dtype)).to(weight.dtype)
-    return state_dict
-
-
 # ---------------------------------------------------------------------------------------------
 # Target selection and a writer for tests
 # ---------------------------------------------------------------------------------------------

@@ -130,15 +130,5 @@ def write_wav(path, waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> P
     return path
 
 
-def read_wav(path) -> tuple[torch.Tensor, int]:
-    """Read a 16-bit PCM WAV written by write_wav: ([channels, samples] float, sample_rate)."""
-    with wave.open(str(path), "rb") as f:
-        channels, width, rate, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
-        if width != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported here")
-        data = np.frombuffer(f.readframes(n), dtype=np.int16).reshape(-1, channels)
-    return torch.from_numpy(data.T.astype(np.float32) / 32767.0), rate
-
-
-__all__ = ["Conditioning", "encode_text", "sample", "decode", "generate", "write_wav", "read_wav",
+__all__ = ["Conditioning", "encode_text", "sample", "decode", "generate", "write_wav",
            "AUDIO_CHANNELS"]

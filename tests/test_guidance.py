@@ -12,9 +12,9 @@ from acestep_core.sampling.guidance import (ERG_DIFFUSION_BLOCKS, ERG_LYRIC_LAYE
                                             MomentumBuffer, apg, cfg_active, cfg_zero_star, denoised_from_velocity,
                                             double_condition_active, double_condition_guidance,
                                             erg_diffusion_modules, erg_lyric_modules, guidance_interval_active,
-                                            guidance_interval_active_for_sigma, guidance_interval_bounds,
-                                            guidance_scale_at, guidance_scale_for_sigma, optimized_scale,
+                                            guidance_interval_bounds, guidance_scale_at, optimized_scale,
                                             scaled_queries, step_index_from_sigma, velocity_from_denoised)
+from reference import guidance_interval_active_for_sigma, guidance_scale_for_sigma
 
 
 def fixed_preds(seed=0, shape=(2, 3, 4, 5)):

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from acestep_core.config import LyricEncoderConfig, TransformerConfig
 from acestep_core.lora import (ACE_STEP_LORA_TARGETS, PLAIN_LORA_CONFIG, RELEASED_LORA_CONFIG, LoraError, LoraPatch,
-                               apply_lora_, load_lora, lora_delta, lora_scale, lora_target_keys, write_tiny_lora)
+                               load_lora, lora_delta, lora_scale, lora_target_keys, write_tiny_lora)
+from reference import apply_lora_
 from acestep_core.models.transformer import AceStepTransformer
 
 SMALL = TransformerConfig(

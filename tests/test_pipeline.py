@@ -8,7 +8,8 @@ import torch
 
 from acestep_core.constants import frames_for_seconds, samples_for_frames
 from acestep_core.loading import load_checkpoint
-from acestep_core.pipeline import encode_text, read_wav, sample
+from acestep_core.pipeline import encode_text, sample
+from reference import read_wav
 
 REPO = Path(__file__).resolve().parents[1]
 

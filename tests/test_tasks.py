@@ -10,9 +10,9 @@ from acestep_core.sampling.flow import original_sigmas
 from acestep_core.sampling.guidance import MomentumBuffer, apg
 from acestep_core.tasks import (EDIT_PRESETS, MAX_EXTEND_FRAMES, edit_phase, edit_step_range, extend_assemble,
                                 extend_frames, extend_latent, extend_noise, flowedit_sample, flowedit_step,
-                                flowedit_target_start, flowedit_velocity, reimpose_known, repaint_initial_latent,
-                                repaint_mask, repaint_noise, repaint_start_step, repaint_step, retake_noise,
-                                seconds_to_frame)
+                                flowedit_target_start, flowedit_velocity, repaint_mask, repaint_noise,
+                                repaint_start_step, retake_noise, seconds_to_frame)
+from reference import reimpose_known, repaint_initial_latent, repaint_step
 
 FRAME_RATE = 44100 / 512 / 8  # latent frames per second
 

@@ -31,7 +31,7 @@ __all__ = [
     "MomentumBuffer", "apg", "project", "cfg", "cfg_zero_star", "optimized_scale",
     "double_condition_guidance", "double_condition_active", "cfg_active",
     "guidance_interval_bounds", "guidance_interval_active", "guidance_scale_at",
-    "step_index_from_sigma", "guidance_interval_active_for_sigma", "guidance_scale_for_sigma",
+    "step_index_from_sigma",
     "velocity_from_denoised", "denoised_from_velocity",
     "ERG_TAU", "ERG_DIFFUSION_BLOCKS", "ERG_LYRIC_LAYERS", "ERG_TAG_BLOCKS",
     "erg_diffusion_modules", "erg_lyric_modules", "scaled_queries",
@@ -218,19 +218,6 @@ def step_index_from_sigma(sigma, sigmas) -> int:
     if math.isnan(value):
         raise ValueError("sigma is NaN")
     return int(torch.argmin((s[:-1] - value).abs()))
-
-
-def guidance_interval_active_for_sigma(sigma, sigmas, interval: float) -> bool:
-    """``guidance_interval_active`` when only the current sigma and the schedule are known."""
-    total = torch.as_tensor(sigmas).numel() - 1
-    return guidance_interval_active(step_index_from_sigma(sigma, sigmas), total, interval)
-
-
-def guidance_scale_for_sigma(sigma, sigmas, scale: float, interval: float = 0.5, decay: float = 0.0,
-                             min_scale: float = 3.0) -> float | None:
-    """``guidance_scale_at`` when only the current sigma and the schedule are known."""
-    total = torch.as_tensor(sigmas).numel() - 1
-    return guidance_scale_at(step_index_from_sigma(sigma, sigmas), total, scale, interval, decay, min_scale)
 
 
 # ---------------------------------------------------------------------------------------------

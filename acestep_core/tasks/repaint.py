@@ -8,10 +8,11 @@ How the original app does these (ACE-Step acestep/pipeline_ace_step.py
 * repaint - regenerate the frames [a, b) of a source latent x0 and keep the rest:
     mask, a, b, warnings = repaint_mask(T, start_s, end_s)
     z0 = repaint_noise(eps1, eps2, mask, variance)
-    n = repaint_start_step(steps, variance); x = repaint_initial_latent(x0, z0, sigmas[n])
-    for i in range(n, steps):  x = repaint_step(x, v(x, sigmas[i]), x0, z0, mask, sigmas[i], sigmas[i+1])
-  Each step is a plain Euler step (no omega rescale) followed by ``reimpose_known``: outside
-  the mask the latent is put back on the source's own noising path, so at sigma 0 it is x0.
+    n = repaint_start_step(steps, variance); x = (1 - s_n) x0 + s_n z0
+    each step from n: a plain Euler step (no omega rescale), then outside the mask the latent is
+    put back on the source's own noising path (1 - s') x0 + s' z0, so at sigma 0 it is x0.
+  The shipped nodes run this through ComfyUI's sampler with a noise mask (nodes/tasks.py); the
+  loop itself is written out in tests/reference.py, which the tests compare them with.
 * extend - add new frames before and/or after a source: ``extend_latent`` builds the sampling
   window (at most 240 s), ``extend_noise`` its z0, the repaint loop above runs with the
   extension mask (the original starts it at step 0: its UI uses variance 1), and
@@ -38,11 +39,10 @@ from dataclasses import dataclass
 import torch
 
 from ..constants import MAX_SECONDS, frames_for_seconds, seconds_for_frames, seconds_to_frame
-from ..sampling.flow import euler_step
 
 __all__ = [
     "MAX_EXTEND_FRAMES", "seconds_to_frame", "check_variance", "repaint_mask", "retake_noise", "repaint_noise",
-    "repaint_start_step", "repaint_initial_latent", "reimpose_known", "repaint_step",
+    "repaint_start_step",
     "ExtendPlan", "extend_frames", "extend_latent", "extend_noise", "extend_assemble",
 ]
 
@@ -149,31 +149,6 @@ def repaint_start_step(steps: int, variance: float) -> int:
     if steps < 1:
         raise ValueError(f"steps must be at least 1 (got {steps})")
     return int(steps * (1 - check_variance(variance)))
-
-
-def repaint_initial_latent(x0: torch.Tensor, z0: torch.Tensor, sigma) -> torch.Tensor:
-    """The state at the first repaint step: x0 noised to ``sigma`` with z0, (1-s)*x0 + s*z0."""
-    sigma = float(sigma)
-    return ((1.0 - sigma) * x0.float() + sigma * z0.float()).to(x0.dtype)
-
-
-def reimpose_known(x: torch.Tensor, x0: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor,
-                   sigma_next) -> torch.Tensor:
-    """Keep the sampled ``x`` where mask = 1 and put the known region back on the source's
-    noising path, (1 - s')*x0 + s'*z0, where mask = 0 (the same z0 every step, so at s' = 0
-    it is exactly x0). Fractional masks blend linearly; 0/1 masks are exact."""
-    sigma_next = float(sigma_next)
-    known = (1.0 - sigma_next) * x0.float() + sigma_next * z0.float()
-    m = mask.to(device=x.device, dtype=torch.float32)
-    return (m * x.float() + (1.0 - m) * known).to(x.dtype)
-
-
-def repaint_step(x: torch.Tensor, velocity: torch.Tensor, x0: torch.Tensor, z0: torch.Tensor,
-                 mask: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """One repaint step: a plain Euler step in float32 (no omega rescale, as the original's
-    repaint loop) then ``reimpose_known`` at ``sigma_next``."""
-    stepped = euler_step(x, velocity, float(sigma), float(sigma_next), omega=0.0)
-    return reimpose_known(stepped, x0, z0, mask, sigma_next)
 
 
 # ---------------------------------------------------------------------------------------------
