@@ -78,15 +78,17 @@ def list_checkpoint_names() -> list[str]:
 
 
 def resolve_checkpoint(ckpt_name: str) -> Path:
-    folders = find_folder_checkpoints()
-    if ckpt_name in folders:
-        return folders[ckpt_name]
+    """The path of a name the loader lists: a file from ComfyUI's checkpoints list (looked up
+    directly), else a folder checkpoint (only then are the model folders walked)."""
     try:
         full = folder_paths.get_full_path("checkpoints", ckpt_name)
     except KeyError:
         full = None
-    if full is not None:
+    if full is not None and Path(full).is_file():
         return Path(full)
+    folders = find_folder_checkpoints()
+    if ckpt_name in folders:
+        return folders[ckpt_name]
     searched = ", ".join(str(r) for r in _search_roots()) or "(no model folders exist)"
     raise CheckpointError(
         f"Checkpoint '{ckpt_name}' was not found in ComfyUI's checkpoints or diffusion_models "
