@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""ACE-Step 1.5 planner: tokens per second and peak memory, ours vs ComfyUI 0.20.1's, on identical
+random weights at a real config (default 1.7B), CFG on, same prompt ids, same seed.
+
+    flock /tmp/acestep-heavy.lock ~/.cache/comfyui-acestep/env/venv/bin/python benchmarks/bench_planner.py \\
+        --tokens 20 --comfyui /work/comfy020/ComfyUI --comfyui-python /work/comfy020/venv/bin/python
+
+Each side runs in its own subprocess, one after the other (our core in this Python; ComfyUI with
+its own venv's Python), loads the same bf16 ``.safetensors`` (written once to ``--weights``, random
+``random_planner_state_dict`` values, exactly representable in fp16 too) and generates ``--tokens``
+audio codes for a 60 s song's prompt (cfg 2.0, temperature 0.85, top-p 0.9, seed 0: the node
+defaults). ComfyUI runs as its CLIP loader sets it up on the CPU: the planner held in fp16
+(``model_management.text_encoder_dtype``), ``comfy.ops.manual_cast`` layers computing in float32,
+its ``generate_audio_codes`` loop. Ours keeps the file's bf16 and uses bf16 matrix products.
+
+Reported per side: load time, prefill (the first token), decode tokens/s, peak RSS while
+generating (VmHWM reset after loading, so the loader's transient copies are not counted; the
+loader's own peak is shown apart) and the codes; the summary says whether both drew the same
+codes. A whole 60 s song is 300 codes; at ~8 s per token ComfyUI would take 40 minutes here, so
+measure a prefix (``--tokens``): tokens/s is per decode step and does not change along the song
+beyond the growing attention (a few % at 300 tokens for a ~150-token prompt).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTION = "Energetic synth-pop with bright female vocals, punchy drums and a catchy hook"
+LYRICS = ("[verse]\nNeon lights are calling me tonight\nEvery heartbeat running to the light\n\n"
+          "[chorus]\nWe run, we run, into the sun\nNothing can stop us now")
+METADATA = dict(bpm=124, duration=60, keyscale="F# minor", timesignature="4")
+SETTINGS = dict(seed=0, cfg_scale=2.0, temperature=0.85, top_p=0.9, top_k=0, min_p=0.0)
+
+
+def _rss_mib(field="VmRSS"):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
+        f.write("5")
+
+
+def write_weights(path: Path, size: str):
+    import torch
+    from safetensors.torch import save_file
+
+    from acestep_core.ace15.planner import PLANNER_CONFIGS, random_planner_state_dict
+    sd = random_planner_state_dict(PLANNER_CONFIGS[size], seed=0, dtype=torch.bfloat16, embed_std=0.02)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path) + ".part")
+    os.replace(str(path) + ".part", path)
+
+
+def prompt_ids(comfyui_dir):
+    from acestep_core.ace15.planner_grammar import PlannerTokenizer, codes_prompts, comfyui_tokenizer_dir
+    tokenizer = PlannerTokenizer.load(comfyui_tokenizer_dir(comfyui_dir))
+    cond, uncond = codes_prompts(CAPTION, LYRICS, METADATA)
+    return tokenizer.encode(cond), tokenizer.encode(uncond)
+
+
+def worker_ours(args, ids):
+    import torch
+
+    from acestep_core.ace15.planner import load_planner
+    start = time.perf_counter()
+    planner = load_planner(args.weights)
+    load_s = time.perf_counter() - start
+    load_peak = _rss_mib("VmHWM")
+    _reset_peak()
+    stamps = []
+    start = time.perf_counter()
+    codes = planner.generate_codes(ids[0], ids[1], args.tokens, progress=lambda d, t: stamps.append(time.perf_counter()),
+                                   **SETTINGS)
+    return dict(codes=codes, load_s=load_s, load_peak_mib=load_peak, stamps=[s - start for s in stamps],
+                peak_mib=_rss_mib("VmHWM"), dtype=str(planner.weight_dtype), threads=torch.get_num_threads())
+
+
+def worker_comfyui(args, ids):
+    sys.path.append(args.comfyui)
+    import torch
+    from comfy.cli_args import args as comfy_args
+    comfy_args.cpu = True
+    import comfy.model_management as mm
+    import comfy.text_encoders.ace15 as ace15
+    import comfy.utils
+    start = time.perf_counter()
+    dtype = mm.text_encoder_dtype(torch.device("cpu"))        # fp16 on the CPU, as the CLIP loader picks
+    model = ace15.Qwen3_2B_ACE15(device="cpu", dtype=dtype) if args.size != "4B" else ace15.Qwen3_4B_ACE15(device="cpu", dtype=dtype)
+    sd = comfy.utils.load_torch_file(args.weights)
+    missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
+    assert not unexpected, unexpected
+    del sd
+    model.execution_device = torch.device("cpu")
+    load_s = time.perf_counter() - start
+    load_peak = _rss_mib("VmHWM")
+    _reset_peak()
+    stamps = []
+    original = model.transformer.logits
+
+    def logits(x):   # one call per generated token: time stamp after each step's logits
+        out = original(x)
+        stamps.append(time.perf_counter())
+        return out
+    model.transformer.logits = logits
+    positive = [[(t, 1.0) for t in ids[0]]]
+    negative = [[(t, 1.0) for t in ids[1]]]
+    start = time.perf_counter()
+    codes = ace15.generate_audio_codes(model, positive, negative, min_tokens=args.tokens, max_tokens=args.tokens,
+                                       **SETTINGS)
+    return dict(codes=codes, load_s=load_s, load_peak_mib=load_peak, stamps=[s - start for s in stamps],
+                peak_mib=_rss_mib("VmHWM"), dtype=str(dtype), threads=torch.get_num_threads())
+
+
+def summarize(name, result):
+    stamps = result["stamps"]
+    prefill = stamps[0]
+    decode = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
+    total = stamps[-1]
+    print(f"{name:8s} weights {result['dtype']:15s} load {result['load_s']:6.1f} s (peak {result['load_peak_mib']:7.0f} MiB)"
+          f" | first token {prefill:6.2f} s | decode {decode:6.3f} s/token = {1 / decode:7.2f} tokens/s"
+          f" | {len(result['codes'])} tokens in {total:6.1f} s = {len(result['codes']) / total:6.2f} tokens/s"
+          f" | peak while generating {result['peak_mib']:7.0f} MiB")
+    return dict(decode_tps=1 / decode, total_tps=len(result["codes"]) / total, peak=result["peak_mib"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=20, help="audio codes to generate per side (a 60 s song is 300)")
+    parser.add_argument("--size", default="1.7B", choices=["1.7B", "4B"])
+    parser.add_argument("--weights", default=None, help="random bf16 planner file (written if missing)")
+    parser.add_argument("--comfyui", default="/work/comfy020/ComfyUI", help="ComfyUI 0.20.1 source tree")
+    parser.add_argument("--comfyui-python", default="/work/comfy020/venv/bin/python")
+    parser.add_argument("--only", choices=["ours", "comfyui"], default=None)
+    parser.add_argument("--worker", choices=["ours", "comfyui"], help=argparse.SUPPRESS)
+    parser.add_argument("--ids", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    args.weights = args.weights or f"/tmp/acestep_bench_planner_{args.size}.safetensors"
+
+    if args.worker:
+        ids = json.loads(Path(args.ids).read_text())
+        result = (worker_ours if args.worker == "ours" else worker_comfyui)(args, ids)
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    if not Path(args.weights).is_file():
+        print(f"writing random {args.size} planner weights to {args.weights} ...", flush=True)
+        write_weights(Path(args.weights), args.size)
+    ids = prompt_ids(args.comfyui)
+    ids_file = Path(args.weights).with_suffix(".ids.json")
+    ids_file.write_text(json.dumps(ids))
+    print(f"{args.size} planner, prompt {len(ids[0])} / {len(ids[1])} tokens (cond / uncond), CFG on, "
+          f"{args.tokens} codes, settings {SETTINGS}", flush=True)
+    results = {}
+    for side, python in (("ours", sys.executable), ("comfyui", args.comfyui_python)):
+        if args.only and side != args.only:
+            continue
+        out = Path(args.weights).with_suffix(f".{side}.json")
+        cmd = [python, __file__, "--worker", side, "--ids", str(ids_file), "--out", str(out), "--weights", args.weights,
+               "--tokens", str(args.tokens), "--size", args.size, "--comfyui", args.comfyui]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        results[side] = json.loads(out.read_text())
+        out.unlink()
+        summarize(side, results[side])
+    ids_file.unlink()
+    if len(results) == 2:
+        ours, theirs = summarize("ours", results["ours"]), summarize("comfyui", results["comfyui"])
+        same = results["ours"]["codes"] == results["comfyui"]["codes"]
+        agree = next((i for i, (a, b) in enumerate(zip(results["ours"]["codes"], results["comfyui"]["codes"])) if a != b),
+                     len(results["ours"]["codes"]))
+        print(f"speed-up: decode {ours['decode_tps'] / theirs['decode_tps']:.1f}x, end to end "
+              f"{ours['total_tps'] / theirs['total_tps']:.1f}x; peak memory while generating "
+              f"{ours['peak'] / theirs['peak']:.2f}x ComfyUI's; same codes: {same}"
+              + ("" if same else f" (first {agree} identical)"))
+        print("codes ours   :", results["ours"]["codes"])
+        print("codes ComfyUI:", results["comfyui"]["codes"])
+
+
+if __name__ == "__main__":
+    main()
