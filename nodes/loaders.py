@@ -149,8 +149,10 @@ def load_ace_step_path(path, weight_dtype: str = "default"):
                                configs["transformer"])
     text_encoder = build_component(source.components["text_encoder"], text_dtype, config=configs["text_encoder"])
     clip = make_clip(text_encoder, tag_tokenizer, lyric_tokenizer, source.spiece_model, text_dtype)
-    codec = AudioCodec(build_component(source.components["dcae"], vae_dtype, config=configs["dcae"]),
-                       build_component(source.components["vocoder"], vae_dtype, config=configs["vocoder"]))
+    dcae, vocoder = source.components["dcae"], source.components["vocoder"]
+    codec = AudioCodec(
+        build_component(dcae, held_dtype(vae_dtype, dcae.stored_float_dtype()), vae_dtype, configs["dcae"]),
+        build_component(vocoder, held_dtype(vae_dtype, vocoder.stored_float_dtype()), vae_dtype, configs["vocoder"]))
     vae = make_vae(codec, vae_dtype)
     return model, clip, vae
 

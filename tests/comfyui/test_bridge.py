@@ -905,3 +905,34 @@ def test_stock_lora_loader_same_on_our_model_and_comfyui_ace(comfy_env, model_di
         folder_paths.folder_names_and_paths["loras"][0].remove(str(loras))
     assert (ours - plain).abs().max() > 1e-3
     assert (ours - theirs).abs().max().item() <= 1e-4 * max(1.0, theirs.abs().max().item())
+
+
+def test_16bit_checkpoint_held_in_16bit_samples_like_float32(comfy_env, pack, model_dirs, conds):
+    """A checkpoint stored in bf16, loaded for a float32 compute (the CPU default): the weights
+    stay bf16 (ComfyUI's manual-cast layers upcast each one at use) and the sampled latent and the
+    decoded audio equal those of the same values stored as float32, bit for bit."""
+    from safetensors.torch import load_file
+    import comfy.ops
+    ckpts = model_dirs["checkpoints"]
+    state = load_file(str(model_dirs["single"]))
+    half = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in state.items()}
+    widened = {k: (v.float() if v.is_floating_point() else v) for k, v in half.items()}
+    save_file(half, str(ckpts / "tiny_bf16.safetensors"))
+    save_file(widened, str(ckpts / "tiny_bf16_as_fp32.safetensors"))
+    try:
+        loader = pack["loaders"].LoadAceStepCheckpoint()
+        held, _, held_vae = loader.load("tiny_bf16.safetensors", "default")
+        wide, _, wide_vae = loader.load("tiny_bf16_as_fp32.safetensors", "default")
+        transformer = held.model.diffusion_model
+        assert held.model.get_dtype() == torch.bfloat16 and held.model.manual_cast_dtype == torch.float32
+        assert all(p.dtype == torch.bfloat16 for p in transformer.parameters())
+        assert all(isinstance(m, comfy.ops.manual_cast.Linear) for m in transformer.modules()
+                   if isinstance(m, torch.nn.Linear))
+        assert held_vae.codec.dcae.encoder.conv_in.weight.dtype == torch.bfloat16
+        a = _ksample(comfy_env, held, conds, _empty_latent(comfy_env))
+        b = _ksample(comfy_env, wide, conds, _empty_latent(comfy_env))
+        assert torch.equal(a, b), (a - b).abs().max()
+        assert torch.equal(held_vae.decode(a), wide_vae.decode(b))
+    finally:
+        (ckpts / "tiny_bf16.safetensors").unlink()
+        (ckpts / "tiny_bf16_as_fp32.safetensors").unlink()
