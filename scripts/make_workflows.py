@@ -467,8 +467,10 @@ BUILD_GRAPH_JS = """async ([api, name, columns, note, titles, models, gaps]) => 
     for (const [id, entries] of Object.entries(models)) app.graph.getNodeById(Number(id)).properties.models = entries;
     const noteNode = LiteGraph.createNode('MarkdownNote');
     noteNode.title = 'Read me';
-    noteNode.widgets[0].value = note;
     app.graph.add(noteNode);
+    // The text is set once the node is in the graph: frontend 1.43 keeps widget values per graph
+    // and node id, and a value set before add() gave way to the previous workflow's note.
+    noteNode.widgets[0].value = note;
     // Columns left to right, nodes top to bottom; a node is never made smaller than the
     // frontend needs. pos is the top left of the body: the title bar sits above it. Panels
     // (the waveform picker, the lyric editor) give their nodes their height only once the

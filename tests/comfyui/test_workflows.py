@@ -279,15 +279,40 @@ def update_screenshot(new: Path, kept: Path, changed_fraction: float = 1e-3) -> 
 # ---------------------------------------------------------------------------------------------
 # The files
 # ---------------------------------------------------------------------------------------------
+def graph_content(workflow: dict) -> dict:
+    """What a workflow file says whatever frontend wrote it: each node's id, type, title, mode,
+    widget values, properties and connections, the links and the groups. Left out: positions,
+    sizes and the frontend's version (another frontend measures nodes otherwise, and the
+    generator lays them out from those measures)."""
+    nodes = [{"id": n["id"], "type": n["type"], "title": n.get("title"), "mode": n.get("mode", 0),
+              "widgets_values": n.get("widgets_values"), "properties": n.get("properties"),
+              "inputs": [(i["name"], i.get("link")) for i in n.get("inputs", [])],
+              "outputs": [(o["name"], sorted(o.get("links") or [])) for o in n.get("outputs", [])]}
+             for n in workflow["nodes"]]
+    return {"nodes": sorted(nodes, key=lambda n: n["id"]), "links": sorted(map(tuple, workflow["links"])),
+            "groups": workflow.get("groups", [])}
+
+
 def test_shipped_files_are_the_generators_output(comfy_server, ui):
-    """workflows/*.json are exactly what scripts/make_workflows.py makes in the real frontend
-    (so they are reproducible, and nobody edited one by hand without the generator)."""
+    """workflows/*.json are what scripts/make_workflows.py makes in the real frontend (so they are
+    reproducible, and nobody edited one by hand without the generator): byte for byte on the
+    frontend that wrote them (extra.frontendVersion), the same graph on any other."""
     shipped = sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json"))
     assert shipped == sorted(WORKFLOW_NAMES)
     built = GENERATOR.generate(comfy_server, ui=ui)
     for name in WORKFLOW_NAMES:
-        assert (WORKFLOWS_DIR / f"{name}.json").read_text() == built[name], (
-            f"workflows/{name}.json differs from the generator's output: run python scripts/make_workflows.py")
+        text = (WORKFLOWS_DIR / f"{name}.json").read_text()
+        written_by = json.loads(text)["extra"]["frontendVersion"]
+        running = json.loads(built[name])["extra"]["frontendVersion"]
+        if written_by == running:
+            assert text == built[name], (
+                f"workflows/{name}.json differs from the generator's output: run python scripts/make_workflows.py")
+        else:
+            assert graph_content(json.loads(text)) == graph_content(json.loads(built[name])), (
+                f"workflows/{name}.json (frontend {written_by}) is another graph than the generator builds on "
+                f"frontend {running}: run python scripts/make_workflows.py")
+    print(f"compared on frontend {running} with files written by {written_by}"
+          + (" (byte for byte)" if written_by == running else " (graph content; layout is the frontend's)"))
 
 
 def test_templates_endpoint_lists_the_workflows(comfy_server):
@@ -464,6 +489,18 @@ def test_shipped_values(name, api_prompts):
         assert nodes_of(prompt, "KSampler")[0]["inputs"]["seed"] == GENERATOR.SEED
 
 
+def declared_inputs(prompt: dict, info: dict) -> dict:
+    """{node id: (class, the inputs its node type declares)}: what the server runs with. Frontend
+    1.43 also sends values of widgets of its own, which the server ignores: LoadAudio's player
+    `audioUI`, a /view URL of the chosen file with a random number in it."""
+    out = {}
+    for key, node in prompt.items():
+        spec = info[node["class_type"]]["input"]
+        names = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        out[key] = (node["class_type"], {k: v for k, v in node["inputs"].items() if k in names})
+    return out
+
+
 def sampler_id(prompt: dict) -> str:
     (found,) = [k for k, v in prompt.items() if v["class_type"] in SAMPLERS]
     return found
@@ -504,8 +541,10 @@ def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edi
     # What Run sent is the file with exactly the changed widgets changed.
     queued = entry["prompt"][2]
     expected = edited(api_prompts[name], tiny_edits["canvas"])
-    assert {k: (v["class_type"], v["inputs"]) for k, v in queued.items()} == \
-        {k: (v["class_type"], v["inputs"]) for k, v in expected.items()}
+    assert {k: (v["class_type"], sorted(v["inputs"])) for k, v in queued.items()} == \
+        {k: (v["class_type"], sorted(v["inputs"])) for k, v in expected.items()}
+    info = comfy_server.object_info()
+    assert declared_inputs(queued, info) == declared_inputs(expected, info)
     assert sampler_id(queued) in executed_nodes(entry), "the sampler's result came from the cache"
     (song,) = audio_outputs(comfy_server, entry)
     check_song(song, expected_frames(queued, input_audio[1]))
@@ -515,8 +554,21 @@ def test_workflow_runs_from_the_canvas(name, comfy_server, input_audio, tiny_edi
 # ---------------------------------------------------------------------------------------------
 # ComfyUI's own ACE-Step templates with our loader
 # ---------------------------------------------------------------------------------------------
+V1_CHECKPOINT = "ace_step_v1_3.5b.safetensors"
+
+
+def loads_the_v1_checkpoint(template: dict) -> bool:
+    """A CheckpointLoaderSimple set to the v1 checkpoint, on the graph or in a subgraph."""
+    graphs = [template, *template.get("definitions", {}).get("subgraphs", [])]
+    return any(node.get("type") == "CheckpointLoaderSimple" and V1_CHECKPOINT in (node.get("widgets_values") or [])
+               for graph in graphs for node in graph.get("nodes", []))
+
+
 def official_ace_templates() -> dict[str, Path]:
-    """ACE-Step workflow templates of the installed comfyui-workflow-templates packages."""
+    """ACE-Step v1 workflow templates of the installed comfyui-workflow-templates packages: those
+    whose checkpoint loader loads the v1 checkpoint. ComfyUI 0.20's packages also ship ACE-Step
+    1.5 templates (audio_ace_step_1_5_*, audio_ace_step1_5_xl_*, and 05_audio_ace_step_1_t2a_song_
+    subgraphed, which there loads the 1.5 turbo model) for models this pack's v1 loader does not load."""
     found = {}
     for module in pkgutil.iter_modules():
         if not module.name.startswith("comfyui_workflow_templates"):
@@ -524,7 +576,8 @@ def official_ace_templates() -> dict[str, Path]:
         spec = importlib.util.find_spec(module.name)
         for root in spec.submodule_search_locations or []:
             for path in sorted(Path(root).rglob("*ace_step*.json")):
-                found.setdefault(path.stem, path)
+                if loads_the_v1_checkpoint(json.loads(path.read_text())):
+                    found.setdefault(path.stem, path)
     return found
 
 
