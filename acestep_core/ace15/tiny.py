@@ -172,7 +172,8 @@ def write_tiny_ace15(out, layout: str, seed: int = 0, tokenizer_dir=None, planne
     save_file(to_diffusers_vae_keys(vae), str(vae_dir / "diffusion_pytorch_model.safetensors"), metadata=note)
     (vae_dir / "config.json").write_text(json.dumps({"_class_name": "AutoencoderOobleck", "sampling_rate": 48000}))
     save_file(text, str(te_dir / "model.safetensors"), metadata=note)
-    (te_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen3Model"], "model_type": "qwen3", "rms_norm_eps": 1e-6,
+    (te_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen3Model"], "model_type": "qwen3",
+                                                    "rms_norm_eps": 1e-6,
                                                     "rope_theta": 1000000}))
     if tokenizer_dir is not None:
         for f in Path(tokenizer_dir).iterdir():
@@ -181,5 +182,5 @@ def write_tiny_ace15(out, layout: str, seed: int = 0, tokenizer_dir=None, planne
     return {"dit": dit_dir, "vae": vae_dir, "text_encoder": te_dir, "root": out}
 
 
-__all__ = ["LAYOUTS", "to_diffusers_vae_keys", "write_tiny_ace15", "TINY_VAE_CONFIG", "TINY_TEXT_CONFIG", "randomize_", "random_vae_state", "random_text_encoder_state",
-           "checksum"]
+__all__ = ["LAYOUTS", "to_diffusers_vae_keys", "write_tiny_ace15", "TINY_VAE_CONFIG", "TINY_TEXT_CONFIG",
+           "randomize_", "random_vae_state", "random_text_encoder_state", "checksum"]
