@@ -121,15 +121,16 @@ def worker_comfyui(args, ids):
                 peak_mib=_rss_mib("VmHWM"), dtype=str(dtype), threads=torch.get_num_threads())
 
 
-def summarize(name, result):
+def summarize(name, result, show=True):
     stamps = result["stamps"]
     prefill = stamps[0]
     decode = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
     total = stamps[-1]
-    print(f"{name:8s} weights {result['dtype']:15s} load {result['load_s']:6.1f} s (peak {result['load_peak_mib']:7.0f} MiB)"
-          f" | first token {prefill:6.2f} s | decode {decode:6.3f} s/token = {1 / decode:7.2f} tokens/s"
-          f" | {len(result['codes'])} tokens in {total:6.1f} s = {len(result['codes']) / total:6.2f} tokens/s"
-          f" | peak while generating {result['peak_mib']:7.0f} MiB")
+    if show:
+        print(f"{name:8s} weights {result['dtype']:15s} load {result['load_s']:6.1f} s (peak {result['load_peak_mib']:7.0f} MiB)"
+              f" | first token {prefill:6.2f} s | decode {decode:6.3f} s/token = {1 / decode:7.2f} tokens/s"
+              f" | {len(result['codes'])} tokens in {total:6.1f} s = {len(result['codes']) / total:6.2f} tokens/s"
+              f" | peak while generating {result['peak_mib']:7.0f} MiB")
     return dict(decode_tps=1 / decode, total_tps=len(result["codes"]) / total, peak=result["peak_mib"])
 
 
@@ -175,7 +176,7 @@ def main():
         summarize(side, results[side])
     ids_file.unlink()
     if len(results) == 2:
-        ours, theirs = summarize("ours", results["ours"]), summarize("comfyui", results["comfyui"])
+        ours, theirs = summarize("ours", results["ours"], False), summarize("comfyui", results["comfyui"], False)
         same = results["ours"]["codes"] == results["comfyui"]["codes"]
         agree = next((i for i, (a, b) in enumerate(zip(results["ours"]["codes"], results["comfyui"]["codes"])) if a != b),
                      len(results["ours"]["codes"]))
