@@ -20,6 +20,7 @@ no hub access); every size comes from the tensor shapes. The tokenizer files (``
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -41,6 +42,15 @@ CAPTION_TEMPLATE = ("# Instruction\nGenerate audio semantic tokens based on the 
                     "# Caption\n{caption}\n\n# Metas\n{metas}\n<|endoftext|>\n<|endoftext|>")
 LYRICS_TEMPLATE = "# Languages\n{language}\n\n# Lyric\n{lyrics}<|endoftext|><|endoftext|>"
 DEFAULT_DURATION = 120           # seconds, ComfyUI's default when the node passes none
+
+# The official pipeline tokenizes the caption prompt with ``max_length=256`` and the lyric prompt
+# with ``max_length=2048``, ``truncation=True`` (ACE-Step-1.5 ``acestep/handler.py``, the text and
+# lyric tokenization before the condition encoder). ComfyUI 0.20.1 does not cut; we cut where the
+# official code does, so the lyric encoder's attention (quadratic in length) stays bounded.
+CAPTION_TOKEN_LIMIT = 256
+LYRIC_TOKEN_LIMIT = 2048
+
+log = logging.getLogger("acestep_core")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +376,18 @@ class TextConditioning:
     lyrics: torch.Tensor             # [1, L, hidden] float32, token embeddings
     caption_ids: list[int]
     lyric_ids: list[int]
+    warnings: tuple[str, ...] = ()   # what was cut, for the node and the log
+
+
+def cut_to_limit(ids: list[int], limit: int, what: str) -> tuple[list[int], str | None]:
+    """``ids`` cut to ``limit`` tokens as the official tokenizer call truncates them, and a warning
+    that says so (None when nothing was cut)."""
+    if len(ids) <= limit:
+        return ids, None
+    warning = (f"{what}: {len(ids)} tokens; ACE-Step 1.5 reads at most {limit}, so the last "
+               f"{len(ids) - limit} were cut (as the official pipeline does). Shorten it to keep them.")
+    log.warning(warning)
+    return ids[:limit], warning
 
 
 def encode_text(encoder: Qwen3TextEncoder, tokenizer: QwenTokenizer, tags: str, lyrics: str = "",
@@ -373,14 +395,18 @@ def encode_text(encoder: Qwen3TextEncoder, tokenizer: QwenTokenizer, tags: str, 
                 duration=DEFAULT_DURATION) -> TextConditioning:
     """Tags, lyrics and metadata -> :class:`TextConditioning`, as ComfyUI's
     ``TextEncodeAceStepAudio1.5`` with ``generate_audio_codes`` false computes it."""
-    caption_ids = tokenizer(caption_prompt(tags, bpm, timesignature, keyscale, duration))
-    lyric_ids = tokenizer(lyrics_prompt(lyrics, language))
+    caption_ids, caption_cut = cut_to_limit(
+        tokenizer(caption_prompt(tags, bpm, timesignature, keyscale, duration)), CAPTION_TOKEN_LIMIT,
+        "The caption (tags and metadata)")
+    lyric_ids, lyric_cut = cut_to_limit(tokenizer(lyrics_prompt(lyrics, language)), LYRIC_TOKEN_LIMIT,
+                                        "The lyrics")
     mask = torch.tensor([caption_attention_mask(caption_ids)], dtype=torch.long)
     caption = encoder.encode_caption(torch.tensor([caption_ids]), mask)
     lyric = encoder.embed_lyrics(torch.tensor([lyric_ids]))
-    return TextConditioning(caption.cpu(), mask, lyric.cpu(), caption_ids, lyric_ids)
+    warnings = tuple(w for w in (caption_cut, lyric_cut) if w)
+    return TextConditioning(caption.cpu(), mask, lyric.cpu(), caption_ids, lyric_ids, warnings)
 
 
 __all__ = ["Qwen3TextEncoder", "Qwen3EncoderConfig", "QwenTokenizer", "TextConditioning", "TokenizerNotFound",
-           "caption_prompt", "lyrics_prompt", "metas_text", "caption_attention_mask", "encode_text",
+           "caption_prompt", "lyrics_prompt", "cut_to_limit", "CAPTION_TOKEN_LIMIT", "LYRIC_TOKEN_LIMIT", "metas_text", "caption_attention_mask", "encode_text",
            "find_qwen_tokenizer", "infer_text_encoder_config", "canonical_text_encoder_keys"]
