@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops as ops_module
+from ..patching import BLOCK_NAME, BLOCK_TYPE, attention_replacement, block_replacements
 from .config import DiTConfig
 from .layers import Attention, SwiGLU, rotary_cos_sin, sliding_window_mask
 
@@ -79,16 +80,26 @@ class DiTLayer(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.empty(1, 6, c.hidden_size, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor, time_modulation: torch.Tensor, condition: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor], window_mask: torch.Tensor | None = None) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor], window_mask: torch.Tensor | None = None,
+                transformer_options: dict | None = None) -> torch.Tensor:
+        """``transformer_options`` (ComfyUI's, or None) may replace the self-attention
+        (``patches_replace["attn1"]``) and the cross-attention (``"attn2"``) of the block named
+        ``transformer_options["block"]`` (see :mod:`acestep_core.patching`); what a replacement
+        receives: :meth:`~acestep_core.ace15.layers.Attention._replaced`."""
+        self_replacement = attention_replacement(transformer_options, "attn1")
+        cross_replacement = attention_replacement(transformer_options, "attn2")
         modulation = self.scale_shift_table.to(time_modulation) + time_modulation      # [B, 6, H]
         shift, scale, gate, c_shift, c_scale, c_gate = modulation.chunk(6, dim=1)      # each [B, 1, H]
         # (torch.addcmul(a, b, c) = a + b * c in one pass: the fast form of the lines below)
 
         # h = norm(x) * (1 + scale) + shift;  x = x + self_attn(h) * gate
         h = torch.addcmul(shift, self.self_attn_norm(x), 1 + scale)
-        x = torch.addcmul(x, self.self_attn(h, rotary=rotary, window_mask=window_mask), gate)
+        attended = self.self_attn(h, rotary=rotary, window_mask=window_mask, replacement=self_replacement,
+                                  extra_options=transformer_options)
+        x = torch.addcmul(x, attended, gate)
 
-        x = x + self.cross_attn(self.cross_attn_norm(x), context=condition)
+        x = x + self.cross_attn(self.cross_attn_norm(x), context=condition, replacement=cross_replacement,
+                                extra_options=transformer_options)
 
         # h = norm(x) * (1 + c_scale) + c_shift;  x = x + mlp(h) * c_gate
         h = torch.addcmul(c_shift, self.mlp_norm(x), 1 + c_scale)
@@ -118,11 +129,23 @@ class Ace15DiT(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.empty(1, 2, c.hidden_size, dtype=dtype, device=device))
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, timestep_r: torch.Tensor,
-                encoder_hidden_states: torch.Tensor, context_latents: torch.Tensor) -> torch.Tensor:
+                encoder_hidden_states: torch.Tensor, context_latents: torch.Tensor,
+                transformer_options: dict | None = None) -> torch.Tensor:
         """``hidden_states`` x_t ``[B, T, 64]``; ``context_latents`` ``[B, T, 128]``
         (src latents | chunk mask); ``encoder_hidden_states`` the packed condition ``[B, S, Henc]``;
         ``timestep`` and ``timestep_r`` ``[B]`` in [0, 1] (inference: ``timestep_r = timestep``).
-        Returns the velocity ``[B, T, 64]``."""
+        Returns the velocity ``[B, T, 64]``.
+
+        ``transformer_options`` (ComfyUI's; ComfyUI 0.20.1's own ``AceStepDiTModel`` takes none)
+        reaches every layer as a copy made once per call, with ``block = ("double_block", i)``,
+        ``block_index = i``, ``total_blocks`` and ``block_type = "double"`` set for layer i, as
+        ComfyUI's DiTs set them (see :mod:`acestep_core.patching`).
+        ``patches_replace["dit"][("double_block", i)]`` replaces layer i: it is called with
+        ``{"img": x [B, T/2, H], "txt": the embedded condition [B, S, H], "vec": the time
+        modulation [B, 6, H], "pe": the rotary (cos, sin), "transformer_options"}`` and
+        ``{"original_block": fn}`` (fn takes such a dict and returns ``{"img": ...}``) and returns
+        ``{"img": ...}``.
+        """
         dtype = hidden_states.dtype
         temb_t, mod_t = self.time_embed(timestep, dtype)
         temb_r, mod_r = self.time_embed_r(timestep - timestep_r, dtype)
@@ -141,11 +164,34 @@ class Ace15DiT(nn.Module):
         window_mask = None
         if x.shape[1] > self.config.sliding_window + 1:   # one window mask for all sliding layers
             window_mask = sliding_window_mask(x.shape[1], self.config.sliding_window, x.device)
-        for layer in self.layers:
-            x = layer(x, time_modulation, condition, rotary, window_mask)
+        if transformer_options:
+            x = self._patched_layers(x, time_modulation, condition, rotary, window_mask, transformer_options)
+        else:
+            for layer in self.layers:
+                x = layer(x, time_modulation, condition, rotary, window_mask)
 
         # The output modulation uses temb ([B, H], after linear_2), not the six-way projection.
         shift, scale = (self.scale_shift_table.to(temb) + temb.unsqueeze(1)).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale) + shift
         x = self.proj_out(x.transpose(1, 2)).transpose(1, 2)
         return x[:, :frames]
+
+    def _patched_layers(self, x, time_modulation, condition, rotary, window_mask, transformer_options):
+        """The layers with ComfyUI's transformer options (see :meth:`forward`)."""
+        options = dict(transformer_options)      # the caller's dict is left as it was
+        options["total_blocks"] = len(self.layers)
+        options["block_type"] = BLOCK_TYPE
+        replacements = block_replacements(options)
+        for index, layer in enumerate(self.layers):
+            options["block"], options["block_index"] = (BLOCK_NAME, index), index
+            replace = replacements.get((BLOCK_NAME, index))
+            if replace is None:
+                x = layer(x, time_modulation, condition, rotary, window_mask, options)
+                continue
+
+            def original_block(args, layer=layer):
+                return {"img": layer(args["img"], args["vec"], args["txt"], args["pe"], window_mask,
+                                     args["transformer_options"])}
+            x = replace({"img": x, "txt": condition, "vec": time_modulation, "pe": rotary,
+                         "transformer_options": options}, {"original_block": original_block})["img"]
+        return x

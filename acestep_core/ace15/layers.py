@@ -134,9 +134,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                window_mask: torch.Tensor | None = None) -> torch.Tensor:
+                window_mask: torch.Tensor | None = None, replacement=None,
+                extra_options: dict | None = None) -> torch.Tensor:
         """``window_mask``: the caller's :func:`sliding_window_mask` for this length and window,
-        to build it once for all layers (made here when needed and not given)."""
+        to build it once for all layers (made here when needed and not given).
+
+        ``replacement``: a ComfyUI attention replacement (``patches_replace["attn1"/"attn2"]``)
+        that computes the attention instead of SDPA, see :meth:`_replaced`; ``extra_options``
+        (the transformer options) are handed to it."""
         batch, length, _ = x.shape
         source = x if context is None else context
         q = self._heads(x, self.q_proj, self.num_heads, self.q_norm)
@@ -152,6 +157,9 @@ class Attention(nn.Module):
             if self.sliding_window is not None and length > self.sliding_window + 1:
                 mask = window_mask if window_mask is not None else sliding_window_mask(
                     length, self.sliding_window, x.device)
+
+        if replacement is not None:
+            return self.o_proj(self._replaced(replacement, q, k, v, mask, context is None, extra_options))
 
         # Grouped KV heads: query head h reads KV head h // (num_heads / num_kv_heads)
         # (ComfyUI ``repeat_interleave(n_rep, dim=1)``).
@@ -169,6 +177,49 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(out)
+
+
+    def _replaced(self, replacement, q, k, v, mask, self_attention: bool, extra_options) -> torch.Tensor:
+        """``replacement(q, k, v, extra_options)`` as ComfyUI's UNet calls an attention
+        replacement (``comfy/ldm/modules/attention.py`` ``BasicTransformerBlock.forward``): q, k, v
+        projected, ``[B, L, heads * head_dim]``, returning ``[B, L_q, heads * head_dim]``, which
+        then goes through ``o_proj``. They are what plain attention reads here: q and k after
+        their RMSNorm and (self-attention) the rotary embedding, and k, v repeated to one KV head
+        per query head, as ComfyUI's ``AceStepAttention`` hands them to ``optimized_attention``,
+        so ``optimized_attention(q, k, v, extra_options["n_heads"], mask=extra_options["attn_mask"])``
+        reproduces the layer.
+
+        ``extra_options`` adds to the transformer options: ``n_heads``, ``dim_head``, ``n_kv_heads``
+        (the checkpoint's KV heads before the repeat); ``sliding_window`` (this self-attention's
+        window, None for full attention and for cross-attention); ``attn_mask``: None, or where
+        the window hides keys the additive bias ``[1, 1, L, L]`` (0 where ``|i - j| <= window``,
+        dtype minimum elsewhere) in q's dtype, as ComfyUI's ``AceStepAttention.forward`` builds it;
+        ``original_attention(q, k, v)``: this layer's own attention of such q, k, v (mask included),
+        for patches that wrap it.
+        """
+        batch, heads, length, head_dim = q.shape
+        group = heads // k.shape[1]
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+
+        def flat(t):                        # [B, heads, L, D] -> [B, L, heads * D]
+            return t.transpose(1, 2).reshape(batch, t.shape[2], heads * head_dim)
+
+        def original_attention(q, k, v):
+            q, k, v = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))
+            return flat(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+            bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
+            bias = bias[None, None]
+        extra = dict(extra_options or {})
+        extra.update(n_heads=heads, dim_head=head_dim, n_kv_heads=self.num_kv_heads,
+                     sliding_window=self.sliding_window if self_attention else None, attn_mask=bias,
+                     original_attention=original_attention)
+        return replacement(flat(q), flat(k), flat(v), extra)
 
 
 class EncoderLayer(nn.Module):

@@ -136,7 +136,7 @@ class Ace15Model(nn.Module):
                 audio_codes: torch.Tensor | None = None, is_covers=None, replace_with_null_embeds: bool = False,
                 refer_audio_order_mask: torch.Tensor | None = None, src_latents: torch.Tensor | None = None,
                 chunk_masks: torch.Tensor | None = None, precomputed_lm_hints_25Hz: torch.Tensor | None = None,
-                **kwargs) -> torch.Tensor:
+                transformer_options: dict | None = None, **kwargs) -> torch.Tensor:
         """One denoising step: velocity ``[B, 64, T]`` for the noisy latent ``x [B, 64, T]`` at flow
         time ``timestep [B]`` in [0, 1].
 
@@ -150,6 +150,9 @@ class Ace15Model(nn.Module):
         is one reference per item (``0 .. N-1``), as the official pipeline does. ComfyUI 0.20.1
         passes all zeros, which with a batch of 2 or more gives every reference to item 0 and
         zero vectors to the others; pass zeros to reproduce that.
+
+        ``transformer_options`` (ComfyUI's) goes to the DiT (``Ace15DiT.forward``): attention and
+        block replacements; the condition encoder, tokenizer and detokenizer take none.
         """
         if lyric_embed is None or refer_audio is None:
             raise ValueError("ACE-Step 1.5 needs lyric_embed (the lyric token embeddings) and refer_audio "
@@ -172,7 +175,7 @@ class Ace15Model(nn.Module):
             is_covers, precomputed_lm_hints_25Hz=precomputed_lm_hints_25Hz, audio_codes=audio_codes,
             null_condition=replace_with_null_embeds)
 
-        out = self.decoder(x, timestep, timestep, condition, context_latents)
+        out = self.decoder(x, timestep, timestep, condition, context_latents, transformer_options)
         return out.movedim(-1, -2)
 
 

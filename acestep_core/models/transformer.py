@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import ops as layer_ops
 from ..config import ConfigError, LyricEncoderConfig, TransformerConfig
+from ..patching import BLOCK_NAME, BLOCK_TYPE, attention_replacement
 from .attention import CrossAttention, LinearSelfAttention, RopeCache
 from .lyric_encoder import LyricEncoder
 
@@ -159,31 +160,6 @@ class TransformerBlock(nn.Module):
             h = h + patch(h, context, context, _patch_options(transformer_options, self.cross_attn, cross_attention))
         n = torch.addcmul(shift_mlp, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_mlp)
         return torch.addcmul(h, gate_mlp, self.ff(n))
-
-
-BLOCK_NAME = "double_block"
-"""How ComfyUI's DiT models name a transformer block in ``patches_replace``: block replacement
-under ``patches_replace["dit"][("double_block", i)]`` (comfy/ldm/wan/model.py ``WanModel.forward_orig``,
-comfy/ldm/ace/ace_step15.py in ComfyUI 0.20), and ``transformer_options["block"]`` the way the
-UNet's transformer sets it for attention patches (comfy/ldm/modules/attention.py
-``BasicTransformerBlock.forward``)."""
-
-
-def attention_replacement(transformer_options, name: str):
-    """The ``patches_replace[name]`` entry for the current block, or None.
-
-    Looked up as ComfyUI's ``BasicTransformerBlock.forward`` does: first ``block + (index,)``
-    with ``transformer_options["transformer_index"]`` (0 here: one transformer per block), then
-    ``block``; ``ModelPatcher.set_model_attn1_replace(patch, "double_block", i)`` registers the
-    latter."""
-    if not transformer_options:
-        return None
-    patches = transformer_options.get("patches_replace", {}).get(name)
-    block = transformer_options.get("block")
-    if not patches or block is None:
-        return None
-    with_index = tuple(block) + (transformer_options.get("transformer_index", 0),)
-    return patches.get(with_index, patches.get(tuple(block)))
 
 
 def _patch_options(transformer_options, attention: nn.Module, default) -> dict:
@@ -386,7 +362,7 @@ class AceStepTransformer(nn.Module):
         options = {} if transformer_options is None else transformer_options
         replacements = options.get("patches_replace", {}).get("dit", {})
         for index, block in enumerate(self.transformer_blocks):
-            options["block"], options["block_index"], options["block_type"] = (BLOCK_NAME, index), index, "double"
+            options["block"], options["block_index"], options["block_type"] = (BLOCK_NAME, index), index, BLOCK_TYPE
             replace = replacements.get((BLOCK_NAME, index))
             if replace is None:
                 h = block(h, temb, context, rope_x, rope_context, attention_mask, context_mask, options)
