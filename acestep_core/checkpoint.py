@@ -288,8 +288,9 @@ def _not_ace_message(path: Path, shapes: dict) -> str:
                  "full ace_step_v1_3.5b.safetensors or the original folder layout.")
     sample = ", ".join(keys[:3]) or "no tensors at all"
     return (f"{path}: not an ACE-Step v1 checkpoint: key 'model.diffusion_model.genre_embedder.weight' "
-            f"is missing (first keys: {sample}).{guess} Load this file with ComfyUI's own checkpoint "
-            "loader, and use ace_step_v1_3.5b.safetensors here.")
+            f"is missing (first keys: {sample}), and it is no ACE-Step 1.5 file either.{guess} Load this "
+            "file with ComfyUI's own checkpoint loader, and use ace_step_v1_3.5b.safetensors or an "
+            "ACE-Step 1.5 file (ace_step_1.5_turbo_aio.safetensors) here.")
 
 
 def _check_signatures(path: Path, components: dict[str, ComponentSource]) -> None:

@@ -64,8 +64,8 @@ import comfy.sd
 import comfy.supported_models_base
 import comfy.utils
 
-from acestep_core.codec import (CPU_WINDOW_BUDGET, CUDA_FREE_MEMORY_SHARE, DEFAULT_OVERLAP_FRAMES,
-                                window_frames_for_budget)
+from acestep_core.codec import (CPU_WINDOW_BUDGET, CUDA_FREE_MEMORY_SHARE, DECODE_BYTES_PER_FRAME,
+                                DEFAULT_OVERLAP_FRAMES, window_frames_for_budget)
 from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLE_RATE, SAMPLES_PER_FRAME
 from acestep_core.models.transformer import AceStepTransformer
 
@@ -450,9 +450,11 @@ class AceStepVAE(comfy.sd.VAE):
     the memory free on the VAE device allows (usually the whole song in one piece on a GPU),
     with progress / Cancel between windows."""
 
+    bytes_per_frame = DECODE_BYTES_PER_FRAME   # activations per latent frame (float32), for the window size
+
     def __init__(self, codec, dtype: torch.dtype | None = None):
         self.codec = codec
-        self.first_stage_model = _CodecModules(codec.dcae, codec.vocoder).eval()
+        self.first_stage_model = self._first_stage_model(codec).eval()
         # Decode / encode window in latent frames (None: the longest that fits in the memory
         # free on the VAE device at each call) and the frames shared by adjacent windows.
         self.window_frames: int | None = None
@@ -488,9 +490,15 @@ class AceStepVAE(comfy.sd.VAE):
                                                         offload_device=mm.vae_offload_device())
         self.model_size()
 
+    @staticmethod
+    def _first_stage_model(codec) -> nn.Module:
+        """The module the VAE's ModelPatcher moves between devices."""
+        return _CodecModules(codec.dcae, codec.vocoder)
+
     # ---- sizes -------------------------------------------------------------------------------
     def _request_frames(self, dtype) -> int:
-        return self.window_frames or window_frames_for_budget(CPU_WINDOW_BUDGET, dtype, self.overlap_frames)
+        return self.window_frames or window_frames_for_budget(CPU_WINDOW_BUDGET, dtype, self.overlap_frames,
+                                                              self.bytes_per_frame)
 
     def _window(self) -> int:
         """Latent frames processed at once: as set, else what a share of the free memory allows,
@@ -502,7 +510,7 @@ class AceStepVAE(comfy.sd.VAE):
         budget = mm.get_free_memory(self.device) * CUDA_FREE_MEMORY_SHARE
         if torch.device(self.device).type != "cuda":
             budget = min(budget, CPU_WINDOW_BUDGET)
-        return window_frames_for_budget(budget, self.vae_dtype, self.overlap_frames)
+        return window_frames_for_budget(budget, self.vae_dtype, self.overlap_frames, self.bytes_per_frame)
 
     def _load(self, memory_required: float):
         mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
@@ -563,6 +571,25 @@ def _check_latent(samples) -> torch.Tensor:
     return latent
 
 
+def validated_audio(pixel_samples, who: str = "ACE-Step VAE") -> torch.Tensor:
+    """An audio tensor as the audio nodes hand it to ``VAE.encode``: [B, S, C] ([B, S] is a batch of
+    mono signals), float, finite and not empty; anything else raises an error naming the problem."""
+    if not isinstance(pixel_samples, torch.Tensor):
+        raise TypeError(f"{who}: expected an audio tensor, got {type(pixel_samples).__name__}.")
+    audio = pixel_samples
+    if audio.ndim == 2:                       # [B, S]: a batch of mono signals
+        audio = audio.unsqueeze(-1)
+    if audio.ndim != 3:
+        raise ValueError(f"{who}: expected audio shaped [batch, samples, channels], got {list(audio.shape)}.")
+    if audio.shape[0] == 0 or audio.shape[1] == 0 or audio.shape[2] == 0:
+        raise ValueError(f"{who}: the audio is empty (shape [batch, samples, channels] = {list(audio.shape)}).")
+    if not audio.is_floating_point():
+        audio = audio.float()
+    if not torch.isfinite(audio).all():
+        raise ValueError(f"{who}: the audio contains NaN or infinite samples; fix or re-export the input file.")
+    return audio
+
+
 def _check_audio(pixel_samples) -> torch.Tensor:
     """[B, S, C] waveform at 44.1 kHz -> [B, 2, S'] float32 with S' a multiple of 4096.
 
@@ -570,22 +597,7 @@ def _check_audio(pixel_samples) -> torch.Tensor:
     left / right in the usual layouts) are used. The end is zero-padded to whole latent frames,
     as the original ACE-Step does (ComfyUI's own VAE crops instead), so nothing is lost and audio
     shorter than one frame (4096 samples, 93 ms) still encodes to one frame."""
-    if not isinstance(pixel_samples, torch.Tensor):
-        raise TypeError(f"ACE-Step VAE: expected an audio tensor, got {type(pixel_samples).__name__}.")
-    audio = pixel_samples
-    if audio.ndim == 2:                       # [B, S]: a batch of mono signals
-        audio = audio.unsqueeze(-1)
-    if audio.ndim != 3:
-        raise ValueError(f"ACE-Step VAE: expected audio shaped [batch, samples, channels], got "
-                         f"{list(audio.shape)}.")
-    if audio.shape[0] == 0 or audio.shape[1] == 0 or audio.shape[2] == 0:
-        raise ValueError(f"ACE-Step VAE: the audio is empty (shape [batch, samples, channels] = "
-                         f"{list(audio.shape)}).")
-    if not audio.is_floating_point():
-        audio = audio.float()
-    if not torch.isfinite(audio).all():
-        raise ValueError("ACE-Step VAE: the audio contains NaN or infinite samples; fix or "
-                         "re-export the input file.")
+    audio = validated_audio(pixel_samples)
     channels = audio.shape[2]
     if channels == 1:
         audio = audio.expand(-1, -1, AUDIO_CHANNELS)

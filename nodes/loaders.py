@@ -1,9 +1,17 @@
-"""LoadAceStepCheckpoint: one ACE-Step v1 checkpoint -> MODEL, CLIP, VAE.
+"""Loaders: an ACE-Step checkpoint of either generation -> MODEL, CLIP, VAE.
 
-Accepts both released layouts: ComfyUI's single file ``ace_step_v1_3.5b.safetensors`` (listed
-from ComfyUI's ``checkpoints`` folders like any checkpoint) and the original repository's folder
-with ``ace_step_transformer/``, ``music_dcae_f8c8/``, ``music_vocoder/`` and ``umt5-base/``
-(listed by folder name, found under the ``checkpoints`` and ``diffusion_models`` folders).
+``LoadAceStepCheckpoint`` takes one file or folder and tells v1 from 1.5 by its keys:
+
+* v1: ComfyUI's single file ``ace_step_v1_3.5b.safetensors`` (listed from ComfyUI's ``checkpoints``
+  folders like any checkpoint) or the original repository's folder with ``ace_step_transformer/``,
+  ``music_dcae_f8c8/``, ``music_vocoder/`` and ``umt5-base/``;
+* 1.5 / 1.5 XL: Comfy-Org's all-in-one file (``ace_step_1.5_turbo_aio.safetensors``) or the official
+  Hugging Face download (a folder holding ``acestep-v15-*/``, ``vae/``, ``Qwen3-Embedding-0.6B/`` and
+  optionally ``acestep-5Hz-lm-*/``).
+
+Folders are listed by name, found under the ``checkpoints`` and ``diffusion_models`` folders.
+``LoadAceStep15Split`` takes Comfy-Org's split 1.5 files from ``diffusion_models``, ``text_encoders``
+and ``vae`` (what UNETLoader + DualCLIPLoader + VAELoader take in ComfyUI's own templates).
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import torch
 import comfy.model_management as mm
 import folder_paths
 
+from acestep_core.ace15.loading import SILENCE_FILE, detect_generation, resolve_sources
 from acestep_core.checkpoint import CheckpointError, is_folder_checkpoint, open_checkpoint, resolve_dtype
 from acestep_core.codec import AudioCodec
 from acestep_core.config import AceStepConfig
@@ -45,15 +54,26 @@ def _search_roots() -> list[Path]:
     return roots
 
 
+def is_ace15_download(folder: Path) -> bool:
+    """The official ACE-Step 1.5 Hugging Face download: a folder with a DiT sub-folder, which is
+    the one that ships ``silence_latent.pt`` beside its weights (what the folder holds is checked
+    from the keys when it is loaded)."""
+    try:
+        return any(sub.is_dir() and (sub / SILENCE_FILE).is_file() for sub in folder.iterdir())
+    except OSError:
+        return False
+
+
 def find_folder_checkpoints() -> dict[str, Path]:
-    """Folders in the original ACE-Step layout, keyed by their path relative to the models
-    folder they were found in (the name shown in the loader). The first folder of a name wins."""
+    """Folders in the original ACE-Step layout (v1) or the official 1.5 download, keyed by their
+    path relative to the models folder they were found in (the name shown in the loader). The
+    first folder of a name wins."""
     found: dict[str, Path] = {}
     for root in _search_roots():
         for dirpath, dirnames, _ in os.walk(root, followlinks=True):
             here = Path(dirpath)
             depth = len(here.relative_to(root).parts)
-            if depth > 0 and is_folder_checkpoint(here):
+            if depth > 0 and (is_folder_checkpoint(here) or is_ace15_download(here)):
                 found.setdefault(here.relative_to(root).as_posix(), here)
                 dirnames[:] = []          # its sub-folders are parts of this checkpoint
                 continue
@@ -92,8 +112,8 @@ def resolve_checkpoint(ckpt_name: str) -> Path:
     searched = ", ".join(str(r) for r in _search_roots()) or "(no model folders exist)"
     raise CheckpointError(
         f"Checkpoint '{ckpt_name}' was not found in ComfyUI's checkpoints or diffusion_models "
-        f"folders ({searched}). Put ace_step_v1_3.5b.safetensors (or the original ACE-Step folder) "
-        "in models/checkpoints, then refresh the node list (press R) and pick it again.")
+        f"folders ({searched}). Put the checkpoint (ace_step_v1_3.5b.safetensors, "
+        "ace_step_1.5_turbo_aio.safetensors, or an original ACE-Step folder) in models/checkpoints, then refresh the node list (press R) and pick it again.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +153,13 @@ def load_ace_step(ckpt_name: str, weight_dtype: str = "default"):
 
 
 def load_ace_step_path(path, weight_dtype: str = "default"):
-    """``load_ace_step`` for a checkpoint file or folder given by its path."""
+    """``load_ace_step`` for a checkpoint file or folder given by its path (v1 or 1.5)."""
+    try:
+        generation = detect_generation(path)
+    except CheckpointError:
+        generation = None       # neither: the v1 checks below say what the file is instead
+    if generation == "1.5":
+        return load_ace15_paths([path], weight_dtype)
     source = open_checkpoint(path)          # validates layout and completeness before any weights
     source.require("transformer", "dcae", "vocoder", "text_encoder")
     params = sum(math.prod(shape) for shape in source.components["transformer"].shapes.values())
@@ -157,6 +183,16 @@ def load_ace_step_path(path, weight_dtype: str = "default"):
     return model, clip, vae
 
 
+def load_ace15_paths(paths, weight_dtype: str = "default", single_files: bool = False):
+    """ACE-Step 1.5 (MODEL, CLIP, VAE) from one or more paths in any released layout; a wrong mix
+    raises one CheckpointError naming each file and what it is, before any weight is read."""
+    from .ace15_bridge import load_from_sources
+    sources = resolve_sources(paths, single_files=single_files)
+    params = sum(math.prod(shape) for shape in sources.dit.source.shapes.values())
+    unet_dtype, text_dtype, vae_dtype = choose_dtypes(weight_dtype, params)
+    return load_from_sources(sources, unet_dtype, text_dtype, vae_dtype, held_dtype)
+
+
 def held_dtype(compute: torch.dtype, stored: torch.dtype | None) -> torch.dtype:
     """How to hold weights stored in ``stored`` for a model computing in ``compute``: as stored
     when that is narrower (16-bit weights for a float32 compute: half the memory of upcasting
@@ -168,17 +204,19 @@ def held_dtype(compute: torch.dtype, stored: torch.dtype | None) -> torch.dtype:
 
 
 class LoadAceStepCheckpoint:
-    """Load ACE-Step v1 (3.5B) from either released layout with acestep_core."""
+    """Load ACE-Step v1 (3.5B) or 1.5 / 1.5 XL from any released single file or folder."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "ckpt_name": (list_checkpoint_names(), {
-                    "tooltip": "The ACE-Step v1 checkpoint: ace_step_v1_3.5b.safetensors from "
-                               "models/checkpoints, or a folder in the original layout "
-                               "(ace_step_transformer/, music_dcae_f8c8/, music_vocoder/, umt5-base/) "
-                               "under models/checkpoints or models/diffusion_models."}),
+                    "tooltip": "The ACE-Step checkpoint. v1: ace_step_v1_3.5b.safetensors, or a folder in "
+                               "the original layout (ace_step_transformer/, music_dcae_f8c8/, music_vocoder/, "
+                               "umt5-base/). 1.5: ace_step_1.5_turbo_aio.safetensors (or another all-in-one "
+                               "file), or the official download folder (acestep-v15-*/, vae/, "
+                               "Qwen3-Embedding-0.6B/, optionally acestep-5Hz-lm-*/). Files from "
+                               "models/checkpoints; folders under models/checkpoints or models/diffusion_models."}),
             },
             "optional": {
                 "weight_dtype": (WEIGHT_DTYPES, {
@@ -192,16 +230,81 @@ class LoadAceStepCheckpoint:
 
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     OUTPUT_TOOLTIPS = ("The diffusion transformer, for KSampler and the other sampler nodes.",
-                       "The text encoder and tokenizers: tags and lyrics -> conditioning.",
-                       "The audio codec: latent <-> 44.1 kHz stereo audio (VAEDecodeAudio / VAEEncodeAudio).")
+                       "The text encoder and tokenizers (and the 1.5 planner when the checkpoint has one): "
+                       "tags and lyrics -> conditioning.",
+                       "The audio VAE: latent <-> audio (v1: 44.1 kHz, 1.5: 48 kHz) for VAEDecodeAudio / "
+                       "VAEEncodeAudio.")
     FUNCTION = "load"
     CATEGORY = "loaders"
-    DESCRIPTION = ("Loads an ACE-Step v1 music model (ComfyUI single file or the original folders) "
-                   "and returns its diffusion model, text encoder and audio VAE.")
+    DESCRIPTION = ("Loads an ACE-Step music model, v1 or 1.5 (ComfyUI single file or the official folders; "
+                   "the generation is told from the weights), and returns its diffusion model, text encoder "
+                   "and audio VAE.")
 
     def load(self, ckpt_name, weight_dtype="default"):
         return load_ace_step(ckpt_name, weight_dtype)
 
 
-NODE_CLASS_MAPPINGS = {"LoadAceStepCheckpoint": LoadAceStepCheckpoint}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoadAceStepCheckpoint": "Load ACE-Step Checkpoint"}
+NONE = "none"
+
+
+def _files(kind: str) -> list[str]:
+    try:
+        return folder_paths.get_filename_list(kind)
+    except KeyError:
+        return []
+
+
+def _full_path(kind: str, name: str) -> Path:
+    try:
+        path = folder_paths.get_full_path(kind, name)
+    except KeyError:
+        path = None
+    if path is None:
+        raise CheckpointError(f"'{name}' was not found in ComfyUI's {kind} folder; put the file there, refresh "
+                              "the node list (press R) and pick it again.")
+    return Path(path)
+
+
+class LoadAceStep15Split:
+    """ACE-Step 1.5 from Comfy-Org's split files: the DiT, the Qwen3-Embedding text encoder (with an
+    optional planner) and the 48 kHz VAE."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        text_encoders = _files("text_encoders")
+        return {
+            "required": {
+                "unet_name": (_files("diffusion_models"), {
+                    "tooltip": "The 1.5 DiT, e.g. acestep_v1.5_turbo.safetensors (models/diffusion_models)."}),
+                "text_encoder_name": (text_encoders, {
+                    "tooltip": "The 1.5 text encoder, qwen_0.6b_ace15.safetensors (models/text_encoders)."}),
+                "vae_name": (_files("vae"), {"tooltip": "The 1.5 VAE, ace_1.5_vae.safetensors (models/vae)."}),
+            },
+            "optional": {
+                "planner_name": ([NONE] + text_encoders, {
+                    "default": NONE,
+                    "tooltip": "The 5 Hz planner (qwen_1.7b_ace15 / qwen_4b_ace15), needed for "
+                               "generate_audio_codes; none: the DiT runs without audio-code hints."}),
+                "weight_dtype": (WEIGHT_DTYPES, {"default": "default",
+                                                 "tooltip": "Precision of the DiT and text encoder (see "
+                                                            "Load ACE-Step Checkpoint)."}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "loaders"
+    DESCRIPTION = ("Loads ACE-Step 1.5 from its split files (diffusion model, text encoder, optional planner, "
+                   "VAE); a wrong mix is reported with what each file is.")
+
+    def load(self, unet_name, text_encoder_name, vae_name, planner_name=NONE, weight_dtype="default"):
+        paths = [_full_path("diffusion_models", unet_name), _full_path("text_encoders", text_encoder_name),
+                 _full_path("vae", vae_name)]
+        if planner_name and planner_name != NONE:
+            paths.append(_full_path("text_encoders", planner_name))
+        return load_ace15_paths(paths, weight_dtype, single_files=True)
+
+
+NODE_CLASS_MAPPINGS = {"LoadAceStepCheckpoint": LoadAceStepCheckpoint, "LoadAceStep15Split": LoadAceStep15Split}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoadAceStepCheckpoint": "Load ACE-Step Checkpoint",
+                              "LoadAceStep15Split": "Load ACE-Step 1.5 (split files)"}

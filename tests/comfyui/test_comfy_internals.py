@@ -137,3 +137,28 @@ def test_our_vae_sets_every_attribute_comfyui_vae_init_sets(comfy_loaded):
     missing = sorted(a for a in expected if not hasattr(ours, a))
     assert not missing, _moved(f"a VAE without the attributes {missing} (VAE.__init__ now sets them)",
                                "AceStepVAE.__init__, which must set them too")
+
+
+def test_what_the_15_bridge_reads_of_comfyui():
+    """nodes/ace15_bridge.py: ComfyUI's 1.5 model class and latent format are optional (0.20+; the
+    bridge has equivalents for 0.3.75), but where the model class exists its LoRA key mapping must
+    still be by isinstance; the audio nodes' sample-rate behaviour is read from their source."""
+    import importlib
+    import comfy.model_base
+    from .pack_import import PACK, pack_module
+    pack_module()
+    bridge = importlib.import_module(f"{PACK}.nodes.ace15_bridge")
+    audio_source = (COMFYUI_DIR / "comfy_extras" / "nodes_audio.py").read_text()
+    assert "VAEDecodeAudio" in audio_source, _moved("comfy_extras/nodes_audio.py with VAEDecodeAudio",
+                                                    "the 1.5 VAE's sample rate (ace15_bridge)")
+    # 0.3.75 hard-codes 44100 in VAEDecodeAudio; 0.20.1 reads vae.audio_sample_rate.
+    hard_coded = '"sample_rate": 44100' in audio_source
+    assert bridge.audio_nodes_read_vae_sample_rate() is (not hard_coded), \
+        _moved("the audio nodes' 44.1 kHz assumption / audio_sample_rate reading the bridge detects",
+               "the 1.5 VAE's sample rate")
+    if hasattr(comfy.model_base, "ACEStep15"):
+        lora_source = (COMFYUI_DIR / "comfy" / "lora.py").read_text()
+        assert "isinstance(model, comfy.model_base.ACEStep15)" in lora_source, \
+            _moved("the 1.5 LoRA key mapping by isinstance(model, ACEStep15)", "1.5 LoRAs on our MODEL")
+        import comfy.latent_formats
+        assert bridge.Ace15ModelConfig.latent_format is comfy.latent_formats.ACEAudio15

@@ -1,0 +1,252 @@
+"""ACE-Step 1.5 as ComfyUI's MODEL, CLIP and VAE (nodes/ace15_bridge.py), in process.
+
+Tiny random-weight 1.5 checkpoints in every released layout go through LoadAceStepCheckpoint and
+LoadAceStep15Split; ComfyUI's stock nodes (TextEncodeAceStepAudio1.5 — ComfyUI's own on 0.20.1,
+ours on 0.3.75 —, ConditioningZeroOut, KSampler, VAEDecodeAudio / VAEEncodeAudio) run on them.
+The sampled latent is compared with the core's own text2music loop (0.3.75 and 0.20.1) and with
+ComfyUI 0.20.1's own 1.5 model built at the tiny sizes from the same weights (0.20.1 only: 0.3.75
+has no 1.5 model).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
+
+REPO = Path(__file__).resolve().parents[2]
+TAGS = "synth pop, female vocal, 120 bpm"
+LYRICS = "[verse]\nNeon lights along the river\n[chorus]\nOh oh (oh)"
+SECONDS, SEED, STEPS = 2.0, 7, 3
+FRAMES = 50                                       # round(2 s * 48000 / 1920)
+
+
+@pytest.fixture(scope="module")
+def env():
+    import comfy.utils
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    out = {"nodes": comfy_nodes_module()}
+    out.update(comfy_extras("nodes_ace", "nodes_audio", "nodes_model_advanced"))
+    pack_module()
+    for name in ("loaders", "ace15_bridge", "ace15_nodes"):
+        out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, env):
+    """Tiny 1.5 checkpoints (same weights in each layout) registered in ComfyUI's model folders."""
+    import folder_paths
+    from acestep_core.ace15.tiny import write_tiny_ace15
+
+    base = tmp_path_factory.mktemp("ace15_models")
+    ckpts, diffusion = base / "checkpoints", base / "split"
+    aio = write_tiny_ace15(ckpts, "aio")["checkpoint"]
+    official = write_tiny_ace15(ckpts / "Ace-Step1.5", "official")
+    split = write_tiny_ace15(diffusion, "split", planner=True)
+    kinds = ("checkpoints", "diffusion_models", "text_encoders", "vae")
+    saved = {k: list(folder_paths.folder_names_and_paths[k][0]) for k in kinds}
+    folder_paths.add_model_folder_path("checkpoints", str(ckpts), is_default=True)
+    for kind in ("diffusion_models", "text_encoders", "vae"):
+        folder_paths.add_model_folder_path(kind, str(diffusion / kind), is_default=True)
+    yield {"aio": aio, "official": official, "split": split}
+    for k, paths in saved.items():
+        folder_paths.folder_names_and_paths[k][0][:] = paths
+
+
+def _text_encode_node(env):
+    """ComfyUI's own TextEncodeAceStepAudio1.5 where it has one (0.20.1), else ours."""
+    theirs = getattr(env["nodes_ace"], "TextEncodeAceStepAudio15", None)
+    if theirs is not None:
+        return lambda *a: theirs.execute(*a).result[0]
+    return lambda *a: env["ace15_nodes"].TextEncodeAceStepAudio15().execute(*a)[0]
+
+
+def _encode(env, clip, codes=False, seed=0):
+    encode = _text_encode_node(env)
+    return encode(clip, TAGS, LYRICS, seed, 120, SECONDS, "4", "en", "C major", codes, 2.0, 0.85, 0.9, 0, 0.0)
+
+
+def _empty(env, seconds=SECONDS):
+    return env["ace15_nodes"].EmptyAceStep15LatentAudio().execute(seconds, 1)[0]
+
+
+def _ksample(env, model, positive, negative, latent, cfg=1.0, steps=STEPS, seed=SEED):
+    return env["nodes"].common_ksampler(model, seed, steps, cfg, "euler", "simple", positive, negative,
+                                        latent)[0]["samples"]
+
+
+@pytest.fixture(scope="module")
+def loaded(env, models):
+    return env["loaders"].LoadAceStepCheckpoint().load("ace_step_1.5_tiny_aio.safetensors", "fp32")
+
+
+def test_the_checkpoint_loader_lists_and_loads_15(env, models, loaded):
+    names = env["loaders"].list_checkpoint_names()
+    assert "ace_step_1.5_tiny_aio.safetensors" in names and "Ace-Step1.5" in names
+    model, clip, vae = loaded
+    bridge = env["ace15_bridge"]
+    assert isinstance(model.model, bridge.Ace15BaseModel)
+    assert model.model.model_sampling.shift == pytest.approx(3.0)
+    assert clip.cond_stage_model.acestep_generation == "1.5" and not clip.cond_stage_model.has_planner
+    assert isinstance(vae, bridge.Ace15VAE) and vae.latent_channels == 64
+    import comfy.model_base
+    if hasattr(comfy.model_base, "ACEStep15"):        # ComfyUI maps official 1.5 LoRA keys by this class
+        assert isinstance(model.model, comfy.model_base.ACEStep15)
+
+
+def test_text2music_through_stock_nodes_equals_the_core_loop(env, models, loaded):
+    """TextEncodeAceStepAudio1.5 (codes off) -> KSampler (euler, simple, 3 steps, cfg 1) on our MODEL
+    gives the latent of acestep_core.ace15.pipeline.sample on the same weights."""
+    from acestep_core.ace15.loading import load_ace15
+    from acestep_core.ace15.pipeline import sample
+
+    model, clip, _ = loaded
+    positive = _encode(env, clip)
+    negative = env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    ours = _ksample(env, model, positive, negative, _empty(env))
+    core = load_ace15(models["aio"])
+    reference = sample(core, TAGS, LYRICS, seconds=SECONDS, steps=STEPS, cfg_scale=1.0, seed=SEED, language="en",
+                       bpm=120, timesignature=4, keyscale="C major")
+    assert ours.shape == (1, 64, FRAMES)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)   # float32 sigma tables differ in the last bits
+
+    # CFG 3 with a ConditioningZeroOut negative: the null condition pass runs and changes the result.
+    guided = _ksample(env, model, positive, negative, _empty(env), cfg=3.0)
+    assert (guided - ours).abs().max() > 1e-3
+
+
+def test_every_layout_loads_the_same_model(env, models, loaded):
+    model, clip, _ = loaded
+    positive = _encode(env, clip)
+    negative = env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    reference = _ksample(env, model, positive, negative, _empty(env))
+    split = env["loaders"].LoadAceStep15Split().load("acestep_v1.5_tiny.safetensors", "qwen_0.6b_ace15.safetensors",
+                                                     "ace_1.5_vae.safetensors", "none", "fp32")
+    m2, c2, _ = split
+    p2 = _encode(env, c2)
+    torch.testing.assert_close(_ksample(env, m2, p2, env["nodes"].ConditioningZeroOut().zero_out(p2)[0],
+                                        _empty(env)), reference, rtol=0, atol=0)
+    # The official folder ships its own silence_latent.pt (random in the tiny one), so its result
+    # differs from the all-in-one file's, which uses ComfyUI's silence values.
+    m3, c3, v3 = env["loaders"].LoadAceStepCheckpoint().load("Ace-Step1.5", "fp32")
+    p3 = _encode(env, c3)
+    official = _ksample(env, m3, p3, env["nodes"].ConditioningZeroOut().zero_out(p3)[0], _empty(env))
+    assert official.shape == reference.shape and torch.isfinite(official).all()
+    assert m3.model.silence_file is not None and m3.model.silence_file.name == "silence_latent.pt"
+
+
+def test_wrong_mix_in_the_split_loader_names_each_file(env, models):
+    from acestep_core.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError) as err:
+        env["loaders"].LoadAceStep15Split().load("acestep_v1.5_tiny.safetensors", "qwen_1.7b_ace15.safetensors",
+                                                 "ace_1.5_vae.safetensors", "none", "fp32")
+    message = str(err.value)
+    assert "qwen_1.7b_ace15.safetensors" in message and "planner" in message and "text encoder" in message
+
+
+def test_vae_decodes_at_the_rate_the_audio_nodes_expect(env, loaded):
+    """VAEDecodeAudio on ComfyUI 0.20 reads the VAE's 48 kHz; 0.3.75's assumes 44.1 kHz, so there the
+    VAE resamples. Encoding the decoded audio through VAEEncodeAudio gives a latent of the same length."""
+    _, _, vae = loaded
+    bridge = env["ace15_bridge"]
+    latent = {"samples": torch.randn(1, 64, FRAMES, generator=torch.Generator().manual_seed(0))}
+    decode = getattr(env["nodes_audio"], "VAEDecodeAudio")
+    out = decode.execute(vae, latent).result[0] if hasattr(decode, "execute") else decode().decode(vae, latent)[0]
+    rate = 48000 if bridge.audio_nodes_read_vae_sample_rate() else 44100
+    assert out["sample_rate"] == rate == vae.audio_sample_rate
+    assert out["waveform"].shape == (1, 2, FRAMES * 1920 * rate // 48000)
+    assert torch.isfinite(out["waveform"]).all() and out["waveform"].abs().max() > 0
+    encode = getattr(env["nodes_audio"], "VAEEncodeAudio")
+    again = encode.execute(vae, out).result[0] if hasattr(encode, "execute") else encode().encode(vae, out)[0]
+    assert again["samples"].shape == (1, 64, FRAMES)
+
+    # The 48 kHz path of a VAE built for the newer audio nodes: exact length, no resampling.
+    direct = bridge.make_vae(vae.codec, torch.float32, io_sample_rate=48000)
+    wave = direct.decode(latent["samples"])
+    assert wave.shape == (1, FRAMES * 1920, 2)
+    torch.testing.assert_close(wave.movedim(-1, 1), vae.codec.decode(latent["samples"]), rtol=0, atol=0)
+
+
+def test_bad_latents_and_conditioning_say_what_is_wrong(env, loaded):
+    model, clip, vae = loaded
+    with pytest.raises(ValueError, match=r"ACE-Step 1.5 latents are \[batch, 64, frames\]"):
+        vae.decode(torch.zeros(1, 8, 16, 10))
+    with pytest.raises(ValueError, match="NaN"):
+        vae.decode(torch.full((1, 64, 4), float("nan")))
+    with pytest.raises(ValueError, match="longer clip"):
+        vae.encode(torch.zeros(1, 100, 2))
+    not_15 = [[torch.zeros(1, 5, 24), {"pooled_output": None}]]
+    with pytest.raises(ValueError, match="TextEncodeAceStepAudio1.5"):
+        _ksample(env, model, not_15, not_15, _empty(env))
+
+
+def test_planner_codes_through_the_clip(env, models):
+    """A CLIP loaded with a planner writes 5 codes per second with generate_audio_codes on, the same
+    codes as the core planner for the same prompt and seed, and they reach the DiT as audio_codes."""
+    from acestep_core.ace15.planner import load_planner
+    from acestep_core.ace15.planner_grammar import PlannerTokenizer, codes_prompts
+
+    model, clip, _ = env["loaders"].LoadAceStep15Split().load(
+        "acestep_v1.5_tiny.safetensors", "qwen_0.6b_ace15.safetensors", "ace_1.5_vae.safetensors",
+        "qwen_1.7b_ace15.safetensors", "fp32")
+    assert clip.cond_stage_model.has_planner
+    positive = _encode(env, clip, codes=True, seed=11)
+    codes = positive[0][1]["audio_codes"][0]
+    assert len(codes) == 5 * 2 and all(0 <= c < 64000 for c in codes)
+
+    planner = load_planner(models["split"]["planner"])
+    tokenizer = PlannerTokenizer.load(clip.tokenizer.tokenizer.folder)
+    cond, uncond = codes_prompts(TAGS, LYRICS, {"bpm": 120, "duration": SECONDS, "keyscale": "C major",
+                                                "timesignature": 4})
+    expected = planner.generate_codes(tokenizer.encode(cond), tokenizer.encode(uncond), 10, seed=11, cfg_scale=2.0,
+                                      temperature=0.85, top_p=0.9, top_k=0, min_p=0.0)
+    assert codes == expected
+    negative = env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    with_codes = _ksample(env, model, positive, negative, _empty(env))
+    without = _ksample(env, model, _encode(env, clip), negative, _empty(env))
+    assert torch.isfinite(with_codes).all() and (with_codes - without).abs().max() > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI 0.20.1's own 1.5 model on the same weights
+# ---------------------------------------------------------------------------------------------
+def _comfy_kwargs(config):
+    spec = importlib.util.spec_from_file_location("make_ace15_manifest", REPO / "scripts" / "make_ace15_manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.comfy_kwargs(config)
+
+
+def test_same_latent_as_comfyuis_own_15_model(env, models, loaded):
+    import comfy.model_base
+    if not hasattr(comfy.model_base, "ACEStep15"):
+        pytest.skip("this ComfyUI has no ACE-Step 1.5 model of its own (0.20+ has)")
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    from acestep_core.ace15.config import config_from_state_dict_shapes
+    from acestep_core.ace15.loading import inspect_path
+
+    model, clip, _ = loaded
+    dit = inspect_path(models["aio"]).of("dit")[0]
+    unet_config = {"audio_model": "ace1.5", **_comfy_kwargs(config_from_state_dict_shapes(dit.source.shapes))}
+    model_config = comfy.supported_models.ACEStep15(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    native = model_config.get_model({}, device="cpu")
+    missing, unexpected = native.diffusion_model.load_state_dict(dit.source.state_dict(dtype=torch.float32),
+                                                                 strict=True)
+    assert not missing and not unexpected
+    native_patcher = comfy.model_patcher.ModelPatcher(native.eval(), load_device=mm.get_torch_device(),
+                                                      offload_device="cpu")
+    positive = _encode(env, clip)
+    negative = env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    for cfg in (1.0, 3.0):
+        ours = _ksample(env, model, positive, negative, _empty(env), cfg=cfg)
+        theirs = _ksample(env, native_patcher, positive, negative, _empty(env), cfg=cfg)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
