@@ -72,6 +72,9 @@ CASES = {
     "lego_default_instruction": ("lego", 130, {}, None, None, 0),
     "extract": ("extract", 130, {}, "vocals", None, 0),
     "complete": ("complete", 100, {}, None, ["drums", "bass"], 0),
+    # With audio codes (the planner's, when "thinking" is on at f30aee4) the app ignores the source
+    # audio and covers the codes, whatever the task: recorded to show it; we refuse codes here.
+    "lego_with_codes": ("lego", 130, {}, "drums", None, 26),
 }
 
 
