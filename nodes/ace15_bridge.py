@@ -197,7 +197,26 @@ def make_model_patcher(part, weight_dtype: torch.dtype, compute_dtype: torch.dty
     _assign(model.diffusion_model, part.source.state_dict(dtype=weight_dtype, device="cpu"), part)
     model.diffusion_model.requires_grad_(False)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, REUSE_WRAPPER_KEY,
+                                 reuse_conditions_during_sampling)
+    return patcher
+
+
+REUSE_WRAPPER_KEY = "acestep15_reuse_conditions"
+
+
+def reuse_conditions_during_sampling(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: one sampling run (all its steps) inside ``Ace15Model.reuse_conditions``,
+    so the condition encoder and the audio-code hints run once per distinct conditioning instead
+    of at every step (they do not depend on the noisy latent or the timestep; ComfyUI's own model
+    recomputes them each step). Nothing is kept after the run."""
+    guider = executor.class_obj
+    diffusion_model = getattr(getattr(guider.model_patcher, "model", None), "diffusion_model", None)
+    if not isinstance(diffusion_model, Ace15Model):
+        return executor(*args, **kwargs)
+    with diffusion_model.reuse_conditions():
+        return executor(*args, **kwargs)
 
 
 # =============================================================================================

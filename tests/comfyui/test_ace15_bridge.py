@@ -121,6 +121,28 @@ def test_text2music_through_stock_nodes_equals_the_core_loop(env, models, loaded
     assert (guided - ours).abs().max() > 1e-3
 
 
+def test_a_sampling_run_encodes_each_condition_once(env, loaded, monkeypatch):
+    """Our MODEL's OUTER_SAMPLE wrapper: the condition encoder runs once per sampling run (the null
+    condition of the CFG pass needs none), not once per step, with the same result as without it."""
+    import comfy.patcher_extension
+    model, clip, _ = loaded
+    bridge = env["ace15_bridge"]
+    positive = _encode(env, clip)
+    negative = env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    plain = model.clone()
+    plain.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, bridge.REUSE_WRAPPER_KEY)
+    encoder = model.model.diffusion_model.encoder
+    calls = []
+    original = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    reused = _ksample(env, model, positive, negative, _empty(env), cfg=3.0, steps=4)
+    assert len(calls) == 1
+    calls.clear()
+    every_step = _ksample(env, plain, positive, negative, _empty(env), cfg=3.0, steps=4)
+    assert len(calls) == 4
+    torch.testing.assert_close(reused, every_step, rtol=0, atol=0)
+
+
 def test_every_layout_loads_the_same_model(env, models, loaded):
     model, clip, _ = loaded
     positive = _encode(env, clip)
