@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate tests/data/ace15_tasks_golden.json: what the official ACE-Step 1.5 app gives its DiT
+"""Regenerate tests/data/ace15_tasks_golden.json (+ .safetensors): what the official ACE-Step 1.5 app gives its DiT
 for each task (text2music, cover, repaint, extend, lego, extract, complete), recorded by running
 the app's own code on tiny, patterned inputs.
 
@@ -23,11 +23,17 @@ stand-ins that make each latent frame say where it came from:
   VAE of zero samples (extend padding): code 5000     decoded audio-code frame m: code 10000 + m
 
 so every recorded tensor is stored as its per-frame codes (checked to reproduce the tensor exactly),
-run-length encoded; the file is a few kilobytes.
+run-length encoded; the file is about 20 kilobytes.
+
+tests/data/ace15_tasks_golden.safetensors (14 KB): upstream 783bb36's repaint-while-sampling helpers
+(``_repaint_step_injection`` / ``_repaint_boundary_blend`` of the turbo and base model files, which
+agree with the handler's ``repaint_step_injection.py``) on small random tensors; the JSON also gets
+``_resolve_repaint_config`` (generate_music.py) for each mode and a few strengths.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib.abc
 import importlib.machinery
@@ -43,6 +49,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "data" / "ace15_tasks_golden.json"
+OUT_TENSORS = REPO / "tests" / "data" / "ace15_tasks_golden.safetensors"
 OFFICIAL = "/work/.mirror/ace-step+ACE-Step-1.5/repo"
 UPSTREAM = "/work/.mirror/erichchampion+ace-step-1.5/repo"
 UPSTREAM_COMMIT = "783bb36ec9928564b6f3dbb22fe72daa0fbaa0f2"
@@ -268,17 +275,71 @@ def run_case(handler_module, masks_module, silence, name, spec):
     return record
 
 
+def function_from(source: str, name: str, namespace: dict):
+    """One top-level function of a source file, compiled alone (its module imports heavy packages)."""
+    tree = ast.parse(source)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), name, "exec"), namespace)
+    return namespace[name]
+
+
+def repaint_sampling(upstream: str):
+    """Upstream 783bb36's repaint-while-sampling helpers on small random tensors ([B, T, C] with
+    C = 4: they do not depend on the width). The functions the turbo model file calls and the
+    handler module's copies must agree; both are recorded."""
+    model_file = git_show(upstream, UPSTREAM_COMMIT, "acestep/models/turbo/modeling_acestep_v15_turbo.py")
+    base_file = git_show(upstream, UPSTREAM_COMMIT, "acestep/models/base/modeling_acestep_v15_base.py")
+    helpers = git_show(upstream, UPSTREAM_COMMIT, "acestep/core/generation/handler/repaint_step_injection.py")
+    music = git_show(upstream, UPSTREAM_COMMIT, "acestep/core/generation/handler/generate_music.py")
+    ns = {"torch": torch}
+    inject = function_from(model_file, "_repaint_step_injection", ns)
+    blend = function_from(model_file, "_repaint_boundary_blend", ns)
+    base_inject = function_from(base_file, "_repaint_step_injection", {"torch": torch})
+    base_blend = function_from(base_file, "_repaint_boundary_blend", {"torch": torch})
+    handler_ns = {"torch": torch}
+    exec(compile(helpers, "repaint_step_injection.py", "exec"), handler_ns)
+    resolve = function_from(music, "_resolve_repaint_config", {})
+
+    gen = torch.Generator().manual_seed(0)
+    x, clean, noise = (torch.randn(3, 40, 4, generator=gen) for _ in range(3))
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[0, 10:22] = True
+    mask[1, 0:5] = True
+    mask[2] = True
+    tensors = {"x": x, "clean": clean, "noise": noise, "mask": mask.to(torch.uint8)}
+    tensors["injected_t0.3"] = inject(x, clean, mask, 0.3, noise)
+    assert torch.equal(tensors["injected_t0.3"], base_inject(x, clean, mask, 0.3, noise))
+    assert torch.equal(tensors["injected_t0.3"],
+                       handler_ns["apply_repaint_step_injection"](x, clean, mask, 0.3, noise))
+    for frames in (0, 6, 25):
+        tensors[f"blend_{frames}"] = blend(x, clean, mask, frames)
+        assert torch.equal(tensors[f"blend_{frames}"], base_blend(x, clean, mask, frames))
+        assert torch.equal(tensors[f"blend_{frames}"],
+                           handler_ns["apply_repaint_boundary_blend"](x, clean, mask, frames))
+    settings = {f"{mode} {strength}": list(resolve(mode, strength)) for mode in REPAINT_MODES_UPSTREAM
+                for strength in (0.0, 0.3, 0.5, 1.0, 1.7)}
+    return tensors, settings
+
+
+REPAINT_MODES_UPSTREAM = ("conservative", "balanced", "aggressive")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", default=OFFICIAL, help="bare git of ace-step/ACE-Step-1.5")
     parser.add_argument("--upstream", default=UPSTREAM, help=f"bare git holding upstream commit {UPSTREAM_COMMIT[:7]}")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out-tensors", default=str(OUT_TENSORS))
     args = parser.parse_args()
     silence = pattern(-(torch.arange(SILENCE_FRAMES) + 1))[None]
     with tempfile.TemporaryDirectory() as tmp:
         handler_module, masks_module, official_commit = load_reference(args.official, args.upstream, Path(tmp))
         with contextlib.redirect_stdout(sys.stderr):
             cases = {name: run_case(handler_module, masks_module, silence, name, spec) for name, spec in CASES.items()}
+    tensors, settings = repaint_sampling(args.upstream)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items()}, args.out_tensors,
+              metadata={"source": f"ACE-Step-1.5 {UPSTREAM_COMMIT}: _repaint_step_injection / _repaint_boundary_blend"})
     golden = {
         "about": "scripts/make_ace15_tasks_golden.py: the official ACE-Step 1.5 app's DiT inputs per task, per-frame "
                  "codes (source frame i: i+1, silence frame j: -(j+1), VAE of zeros: 5000, code hint m: 10000+m), "
@@ -286,6 +347,7 @@ def main():
         "official_commit": official_commit, "upstream_commit": UPSTREAM_COMMIT,
         "silence_frames": SILENCE_FRAMES, "caption": CAPTION, "lyrics": LYRICS, "language": LANGUAGE, "meta": META,
         "cases": cases,
+        "repaint_settings": settings,
     }
     # One line per case field: small and still readable in a diff.
     text = json.dumps(golden, indent=1, ensure_ascii=False)
@@ -293,7 +355,8 @@ def main():
     text = re.sub(r"\[\s+((?:\[-?\d+, -?\d+, -?\d+\],?\s*)+)\]",
                   lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
     Path(args.out).write_text(text + "\n")
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes, {len(cases)} cases)")
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes, {len(cases)} cases) and {args.out_tensors} "
+          f"({Path(args.out_tensors).stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

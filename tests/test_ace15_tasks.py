@@ -289,3 +289,34 @@ def test_silence_may_be_a_function_and_batches_share_the_region():
     assert cond.region == (25, 50)
     assert torch.equal(cond.src_latents[0, :, 25:50], cond.src_latents[1, :, 25:50])
     assert torch.equal(cond.src_latents[1, :, :25], batch[1, :, :25])
+
+
+def test_repaint_settings_match_upstream():
+    for key, expected in GOLDEN["repaint_settings"].items():
+        mode, strength = key.split()
+        assert list(T.repaint_settings(mode, float(strength))) == expected, key
+    with pytest.raises(ValueError, match="unknown repaint mode 'soft'.*conservative, balanced, aggressive"):
+        T.repaint_settings("soft")
+    assert T.injection_steps(8, 0.5) == 4 and T.injection_steps(8, 0.0) == 0 and T.injection_steps(50, 1.0) == 50
+
+
+def test_repaint_injection_and_blend_match_upstream():
+    from safetensors.torch import load_file
+
+    data = load_file(str(Path(__file__).parent / "data" / "ace15_tasks_golden.safetensors"))
+    channels_first = {k: v.movedim(-1, 1) for k, v in data.items() if v.ndim == 3}
+    x, clean, noise = channels_first["x"], channels_first["clean"], channels_first["noise"]
+    mask = data["mask"].bool()
+    assert torch.equal(T.repaint_step_injection(x, clean, mask, 0.3, noise), channels_first["injected_t0.3"])
+    for frames in (0, 6, 25):
+        assert torch.equal(T.repaint_boundary_blend(x, clean, mask, frames), channels_first[f"blend_{frames}"]), frames
+    soft = T.repaint_soft_mask(mask, 6)
+    assert soft[0, 4:10].tolist() == pytest.approx([1 / 7, 2 / 7, 3 / 7, 4 / 7, 5 / 7, 6 / 7])
+    assert soft[0, :4].sum() == 0 and soft[2].eq(1).all()
+
+
+def test_region_mask_for_repaint_sampling():
+    cond = T.build_task_conditioning("repaint", SILENCE, source(130), start_s=1.0, end_s=2.0)
+    assert cond.region_mask.dtype == torch.bool and cond.region_mask[0].nonzero().flatten().tolist() == \
+        list(range(25, 50))
+    assert T.build_task_conditioning("extract", SILENCE, source(130)).region_mask is None

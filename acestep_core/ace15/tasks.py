@@ -16,6 +16,11 @@ Every task runs the same DiT; only its inputs change (official ACE-Step-1.5, git
   text2music conditioning (silence source, ``is_covers`` False, the text2music instruction)
   (official ``acestep/models/*/modeling_acestep_v15_*.py``, ``generate_audio``; upstream 783bb36).
 
+Upstream ACE-Step-1.5 (783bb36, March 2026) adds repaint-while-sampling: the kept frames are
+reset to the noised source after the first steps and the result is cross-faded into the source at
+the region's edges (:func:`repaint_settings`, :func:`repaint_step_injection`,
+:func:`repaint_boundary_blend`); f30aee4 has neither.
+
 Everything here is plain torch on latents, channels first ``[B, 64, T]`` as ComfyUI's LATENT and
 :meth:`acestep_core.ace15.model.Ace15Model.forward` take them; the source audio is encoded by the
 VAE beforehand. Latents run at 25 Hz: one frame per 1920 samples at 48 kHz.
@@ -270,6 +275,12 @@ class TaskConditioning:
         return self.src_latents.shape[-1]
 
     @property
+    def region_mask(self) -> torch.Tensor | None:
+        """``[B, T]`` bool, True on the generated region (upstream's ``repaint_mask``, for
+        :func:`repaint_step_injection` / :func:`repaint_boundary_blend`); None without a region."""
+        return None if self.region is None else self.chunk_masks[:, 0] > 0
+
+    @property
     def valid_frames(self) -> int:
         return int(self.latent_mask.sum().item())
 
@@ -497,10 +508,80 @@ def cover_hints(model, src_latents: torch.Tensor, silence: Silence) -> torch.Ten
     return model.hints_from_latents(padded.movedim(-1, -2))[:, :frames, :]
 
 
+# ---------------------------------------------------------------------------------------------
+# Repaint while sampling (upstream ACE-Step-1.5 783bb36; not in f30aee4)
+# ---------------------------------------------------------------------------------------------
+REPAINT_MODES = ("conservative", "balanced", "aggressive")
+
+
+def repaint_settings(mode: str = "balanced", strength: float = 0.5) -> tuple[float, int, float]:
+    """Upstream's ``repaint_mode`` / ``repaint_strength`` -> ``(injection_ratio, crossfade_frames,
+    wav_crossfade_seconds)`` (``core/generation/handler/generate_music.py``,
+    ``_resolve_repaint_config``): conservative (1, 25, 0.05), aggressive (0, 0, 0), balanced with
+    ``s`` = strength clamped to [0, 1]: (1 - s, round(25 (1 - s)), 0.05 (1 - s)). The default
+    (balanced, 0.5) gives (0.5, 12, 0.025)."""
+    if mode not in REPAINT_MODES:
+        raise ValueError(f"unknown repaint mode {mode!r}; the modes are: {', '.join(REPAINT_MODES)}")
+    strength = max(0.0, min(1.0, strength))
+    if mode == "aggressive":
+        return 0.0, 0, 0.0
+    if mode == "conservative":
+        return 1.0, 25, 0.05
+    inv = 1.0 - strength
+    return inv, round(25 * inv), 0.05 * inv
+
+
+def injection_steps(steps: int, injection_ratio: float) -> int:
+    """After how many of ``steps`` sampling steps the kept frames stop being reset:
+    ``round(ratio * steps)``; the reset follows steps ``0 .. n-1`` (``generate_audio``; the turbo
+    loop's last step returns x0 before any reset)."""
+    return round(injection_ratio * steps)
+
+
+def repaint_step_injection(x: torch.Tensor, clean: torch.Tensor, region_mask: torch.Tensor, t_next: float,
+                           noise: torch.Tensor) -> torch.Tensor:
+    """Reset the kept frames of ``x [B, 64, T]`` to the source noised to ``t_next``:
+    ``t_next * noise + (1 - t_next) * clean``, with ``noise`` the initial noise of the run
+    (upstream ``_repaint_step_injection``). ``region_mask [B, T]``: True where the DiT generates."""
+    noised = t_next * noise + (1.0 - t_next) * clean
+    return torch.where(region_mask.unsqueeze(1).expand_as(x), x, noised)
+
+
+def repaint_soft_mask(region_mask: torch.Tensor, crossfade_frames: int) -> torch.Tensor:
+    """``[B, T]`` float: 1 in the region, 0 outside, with linear ramps of ``crossfade_frames``
+    frames outside each edge (the ramp excludes its 0 and 1 ends; upstream
+    ``_repaint_boundary_blend``). Rows that are all or nothing region are left as they are."""
+    soft = region_mask.float().clone()
+    if crossfade_frames <= 0:
+        return soft
+    frames = region_mask.shape[1]
+    for b, row in enumerate(region_mask):
+        if row.all() or not row.any():
+            continue
+        idx = torch.nonzero(row, as_tuple=False).squeeze(-1)
+        left, right = idx[0].item(), idx[-1].item() + 1
+        start = max(left - crossfade_frames, 0)
+        if left - start > 0:
+            soft[b, start:left] = torch.linspace(0, 1, left - start + 2, device=soft.device)[1:-1]
+        end = min(right + crossfade_frames, frames)
+        if end - right > 0:
+            soft[b, right:end] = torch.linspace(1, 0, end - right + 2, device=soft.device)[1:-1]
+    return soft
+
+
+def repaint_boundary_blend(x: torch.Tensor, clean: torch.Tensor, region_mask: torch.Tensor,
+                           crossfade_frames: int) -> torch.Tensor:
+    """The sampled latent ``x [B, 64, T]`` blended into the clean source across
+    :func:`repaint_soft_mask` (upstream applies it after the last step when crossfade_frames > 0)."""
+    m = repaint_soft_mask(region_mask, crossfade_frames).unsqueeze(1).expand_as(x)
+    return m * x + (1.0 - m) * clean
+
+
 __all__ = ["TASKS", "TRACK_NAMES", "VARIANTS", "TASK_VARIANTS", "MIN_FRAMES", "MAX_FRAMES", "SAMPLE_RATE",
            "SAMPLES_PER_FRAME", "TEXT2MUSIC_INSTRUCTION", "COVER_INSTRUCTION", "REPAINT_INSTRUCTION",
            "TaskConditioning", "build_task_conditioning", "task_instruction", "format_instruction",
            "official_metas", "official_caption_prompt", "official_lyrics_prompt", "with_instruction",
            "variants_for", "check_variant", "variant_from_config", "seconds_to_frame", "frames_to_seconds",
            "text2music_frames", "cover_steps", "repaint_chunk_mask", "pad_to_code_frames", "fit_hints",
-           "cover_hints"]
+           "cover_hints", "REPAINT_MODES", "repaint_settings", "injection_steps", "repaint_step_injection",
+           "repaint_soft_mask", "repaint_boundary_blend"]
