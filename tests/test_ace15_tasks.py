@@ -320,3 +320,12 @@ def test_region_mask_for_repaint_sampling():
     assert cond.region_mask.dtype == torch.bool and cond.region_mask[0].nonzero().flatten().tolist() == \
         list(range(25, 50))
     assert T.build_task_conditioning("extract", SILENCE, source(130)).region_mask is None
+
+
+def test_cover_noise_start():
+    # models/turbo/modeling_acestep_v15_turbo.py generate_audio (783bb36): SHIFT_TIMESTEPS[3.0] and
+    # nearest_t = min(t_schedule_list, key=lambda x: abs(x - (1 - cover_noise_strength))).
+    shift3 = [1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3]
+    assert [T.cover_noise_start(shift3, s) for s in (0.0, 0.05, 0.4, 0.5, 0.9, 1.0)] == [0, 1, 5, 6, 7, 7]
+    with pytest.raises(ValueError, match="cover_noise_strength is -0.1"):
+        T.cover_noise_start(shift3, -0.1)

@@ -208,6 +208,21 @@ def cover_steps(steps: int, audio_cover_strength: float) -> int:
     return int(steps * audio_cover_strength)
 
 
+def cover_noise_start(schedule, cover_noise_strength: float) -> int:
+    """Upstream 783bb36's ``cover_noise_strength`` (turbo and base ``generate_audio``): sampling
+    starts at the entry of ``schedule`` (the step times, without the final 0) nearest to
+    ``1 - cover_noise_strength`` (the first one on a tie), from ``t * noise + (1 - t) * source``
+    with the source latents as given (not the cover hints); the earlier steps are skipped and
+    :func:`cover_steps` counts the remaining ones. Returns that index (0: strength 0, pure noise)."""
+    if not 0.0 <= cover_noise_strength <= 1.0:
+        raise ValueError(f"cover_noise_strength is {cover_noise_strength}; it must be between 0 and 1")
+    if cover_noise_strength == 0.0:
+        return 0
+    times = [float(t) for t in schedule]
+    target = 1.0 - cover_noise_strength
+    return times.index(min(times, key=lambda t: abs(t - target)))
+
+
 def _check_length(frames: int, what: str) -> None:
     if frames > MAX_FRAMES:
         raise ValueError(f"{what}: {frames} latent frames ({frames_to_seconds(frames):.2f} s); ACE-Step 1.5 "
@@ -582,6 +597,6 @@ __all__ = ["TASKS", "TRACK_NAMES", "VARIANTS", "TASK_VARIANTS", "MIN_FRAMES", "M
            "TaskConditioning", "build_task_conditioning", "task_instruction", "format_instruction",
            "official_metas", "official_caption_prompt", "official_lyrics_prompt", "with_instruction",
            "variants_for", "check_variant", "variant_from_config", "seconds_to_frame", "frames_to_seconds",
-           "text2music_frames", "cover_steps", "repaint_chunk_mask", "pad_to_code_frames", "fit_hints",
+           "text2music_frames", "cover_steps", "cover_noise_start", "repaint_chunk_mask", "pad_to_code_frames", "fit_hints",
            "cover_hints", "REPAINT_MODES", "repaint_settings", "injection_steps", "repaint_step_injection",
            "repaint_soft_mask", "repaint_boundary_blend"]
