@@ -120,6 +120,55 @@ def worker(impl: str, config_name: str, dtype_name: str, frames: int, steps: int
             "finite": bool(torch.isfinite(velocity).all())}
 
 
+def vae_worker(impl: str, seconds: float, comfyui: str, memory_limit_gib: float = 0) -> dict:
+    """Decode ``seconds`` of random latent with the released-size 48 kHz VAE (random weights from
+    one seed, identical on both sides): ours through acestep_core's windowed AudioCodec15.decode
+    (what our VAEDecodeAudio path calls), ComfyUI's through ``comfy.sd.VAE.decode`` (what its
+    VAEDecodeAudio calls). ``memory_limit_gib`` caps the address space so a decode that would
+    exhaust the machine fails cleanly instead of waking the OOM killer."""
+    import resource
+
+    import torch
+
+    if memory_limit_gib:
+        limit = int(memory_limit_gib * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from acestep_core.ace15.tiny import random_vae_state
+    from acestep_core.ace15.vae import OobleckConfig
+
+    torch.set_grad_enabled(False)
+    state = random_vae_state(OobleckConfig.released(), 1515)
+    frames = round(seconds * 25)
+    latent = torch.randn(1, 64, frames, generator=torch.Generator().manual_seed(0))
+    if impl == "ours":
+        from acestep_core.ace15.vae import AudioCodec15, OobleckVAE
+        vae = OobleckVAE(OobleckConfig.released())
+        vae.load_state_dict(state, strict=True)
+        codec = AudioCodec15(vae.eval())
+        decode = lambda: codec.decode(latent)  # noqa: E731
+    else:
+        sys.path.insert(0, comfyui)
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        import comfy.sd
+        vae = comfy.sd.VAE(sd=dict(state), dtype=torch.float32)
+        decode = lambda: vae.decode(latent).movedim(-1, 1)  # noqa: E731
+    del state
+    out = {}
+    rss_before = _status_kib("VmRSS")
+    _reset_peak()
+    t0 = time.perf_counter()
+    try:
+        out["audio"] = decode()
+    except (MemoryError, RuntimeError) as err:
+        return {"error": f"{type(err).__name__} within {memory_limit_gib} GiB: {str(err)[:80]}"}
+    seconds_taken = time.perf_counter() - t0
+    peak = (_status_kib("VmHWM") - rss_before) / 1024
+    audio = out["audio"].float()
+    return {"decode": seconds_taken, "decode_peak_mib": peak, "checksum": float(audio.abs().mean()),
+            "samples": audio.shape[-1]}
+
+
 def run_worker(python: str, spec: dict) -> dict:
     env = dict(os.environ)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
@@ -154,11 +203,19 @@ def main(argv=None) -> int:
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR", "/work/comfy020/ComfyUI"),
                     help="ComfyUI 0.20.1 source tree")
     ap.add_argument("--comfy-python", default=os.environ.get("COMFYUI_PYTHON", "/work/comfy020/venv/bin/python"))
+    ap.add_argument("--vae-seconds", type=float, nargs="*", default=[],
+                    help="also decode these lengths (seconds) with the real-size VAE, e.g. 30 240")
+    ap.add_argument("--vae-only", action="store_true", help="only the VAE decode rows")
+    ap.add_argument("--memory-limit-gib", type=float, default=16.0,
+                    help="address-space cap of each VAE worker (a decode beyond it is reported, not run to OOM)")
     args = ap.parse_args(argv)
 
     if args.worker:
         spec = json.loads(args.worker)
-        print(json.dumps(worker(**spec)))
+        if spec.pop("kind", "step") == "vae":
+            print(json.dumps(vae_worker(**spec)))
+        else:
+            print(json.dumps(worker(**spec)))
         return 0
 
     import platform
@@ -169,6 +226,21 @@ def main(argv=None) -> int:
     print(f"config {args.config}, {args.frames} latent frames, batch 1, text2music step (is_covers False)\n")
     print("| measurement | ours | ComfyUI 0.20.1 | ratio |")
     print("|---|---|---|---|")
+    for seconds in args.vae_seconds:
+        spec = dict(kind="vae", seconds=seconds, comfyui=args.comfyui, memory_limit_gib=args.memory_limit_gib)
+        ours, theirs = {}, {}
+        for _ in range(args.rounds):
+            _keep_best(ours, run_worker(sys.executable, {"impl": "ours", **spec}))
+            _keep_best(theirs, run_worker(args.comfy_python, {"impl": "comfy", **spec}))
+        for label, key, fmt in (("time", "decode", "{:.1f} s"), ("peak", "decode_peak_mib", "{:.0f} MiB")):
+            a = fmt.format(ours[key]) if key in ours else ours.get("error", "?")
+            b = fmt.format(theirs[key]) if key in theirs else theirs.get("error", "?")
+            ratio = f"{ours[key] / max(theirs[key], 1e-9):.2f}x" if key in ours and key in theirs else ""
+            print(f"| VAE decode {seconds:g} s fp32 {label} | {a} | {b} | {ratio} |", flush=True)
+        if "checksum" in ours and "checksum" in theirs:
+            print(f"| VAE decode {seconds:g} s checksum | {ours['checksum']:.6f} | {theirs['checksum']:.6f} | |", flush=True)
+    if args.vae_only:
+        return 0
     for dtype in args.dtypes:
         spec = dict(config_name=args.config, dtype_name=dtype, frames=args.frames, steps=args.steps,
                     comfyui=args.comfyui)
