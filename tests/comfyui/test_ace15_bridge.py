@@ -245,7 +245,11 @@ def _comfy_kwargs(config):
     return module.comfy_kwargs(config)
 
 
-def test_same_latent_as_comfyuis_own_15_model(env, models, loaded):
+@pytest.fixture(scope="module")
+def native(env, models):
+    """ComfyUI 0.20.1's own 1.5 MODEL (comfy.model_base.ACEStep15) built at the tiny sizes with the
+    all-in-one file's DiT weights (its loader hard-codes a 128-wide head, so it is built from
+    supported_models.ACEStep15 with the tiny unet_config)."""
     import comfy.model_base
     if not hasattr(comfy.model_base, "ACEStep15"):
         pytest.skip("this ComfyUI has no ACE-Step 1.5 model of its own (0.20+ has)")
@@ -255,20 +259,100 @@ def test_same_latent_as_comfyuis_own_15_model(env, models, loaded):
     from acestep_core.ace15.config import config_from_state_dict_shapes
     from acestep_core.ace15.loading import inspect_path
 
-    model, clip, _ = loaded
     dit = inspect_path(models["aio"]).of("dit")[0]
     unet_config = {"audio_model": "ace1.5", **_comfy_kwargs(config_from_state_dict_shapes(dit.source.shapes))}
     model_config = comfy.supported_models.ACEStep15(unet_config)
     model_config.set_inference_dtype(torch.float32, None)
-    native = model_config.get_model({}, device="cpu")
-    missing, unexpected = native.diffusion_model.load_state_dict(dit.source.state_dict(dtype=torch.float32),
-                                                                 strict=True)
+    model = model_config.get_model({}, device="cpu")
+    missing, unexpected = model.diffusion_model.load_state_dict(dit.source.state_dict(dtype=torch.float32),
+                                                                strict=True)
     assert not missing and not unexpected
-    native_patcher = comfy.model_patcher.ModelPatcher(native.eval(), load_device=mm.get_torch_device(),
-                                                      offload_device="cpu")
+    return comfy.model_patcher.ModelPatcher(model.eval(), load_device=mm.get_torch_device(), offload_device="cpu")
+
+
+def _conds(env, clip):
     positive = _encode(env, clip)
-    negative = env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+    return positive, env["nodes"].ConditioningZeroOut().zero_out(positive)[0]
+
+
+def test_same_latent_as_comfyuis_own_15_model(env, loaded, native):
+    model, clip, _ = loaded
+    positive, negative = _conds(env, clip)
     for cfg in (1.0, 3.0):
         ours = _ksample(env, model, positive, negative, _empty(env), cfg=cfg)
-        theirs = _ksample(env, native_patcher, positive, negative, _empty(env), cfg=cfg)
+        theirs = _ksample(env, native, positive, negative, _empty(env), cfg=cfg)
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def _easycache(model, threshold):
+    node = importlib.import_module("comfy_extras.nodes_easycache").EasyCacheNode
+    return node.execute(model, threshold, 0.0, 1.0, False).result[0]
+
+
+def _easycache_run(env, model, conds, caplog):
+    import logging
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        latent = _ksample(env, _easycache(model, 3.0), *conds, _empty(env), steps=12)
+    lines = [r.getMessage() for r in caplog.records if "EasyCache - skipped" in r.getMessage()]
+    assert lines, "EasyCache did not run"
+    return latent, lines[-1]
+
+
+def test_easycache_skips_steps_on_our_15_model(env, loaded, caplog):
+    """ComfyUI's stock EasyCache (12 steps, threshold 3.0) acts on our 1.5 MODEL: steps skipped,
+    latent changed (nodes_easycache exists on both ComfyUIs)."""
+    model, clip, _ = loaded
+    conds = _conds(env, clip)
+    latent, line = _easycache_run(env, model, conds, caplog)
+    assert "skipped 0/" not in line, line
+    plain = _ksample(env, model, *conds, _empty(env), steps=12)
+    assert (latent - plain).abs().max() > 1e-4
+
+
+def test_easycache_and_official_lora_same_on_ours_and_comfyuis_15(env, loaded, native, caplog, tmp_path):
+    """EasyCache: ComfyUI 0.20.1's own 1.5 model never runs DIFFUSION_MODEL wrappers
+    (``AceStepConditionGenerationModel.forward`` takes transformer_options in **kwargs and ignores
+    it), so EasyCache skips nothing there ("skipped 0/12"), while on ours it skips 8/12; should a
+    ComfyUI release run the wrappers, both must skip the same steps with the same latent.
+    LoraLoaderModelOnly with a LoRA in the official 1.5 (PEFT) key layout,
+    ``base_model.model.<decoder module>.lora_A/B.weight``: the same latent on both."""
+    model, clip, _ = loaded
+    conds = _conds(env, clip)
+    ours, our_line = _easycache_run(env, model, conds, caplog)
+    theirs, their_line = _easycache_run(env, native, conds, caplog)
+    assert "skipped 0/" not in our_line, our_line
+    if "skipped 0/" in their_line:
+        print(f"\nours: {our_line}\nComfyUI's 1.5: {their_line} (its model runs no DIFFUSION_MODEL wrappers)")
+        plain = _ksample(env, native, *conds, _empty(env), steps=12)
+        torch.testing.assert_close(theirs, plain, rtol=0, atol=0)
+    else:
+        assert our_line == their_line, (our_line, their_line)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+    import comfy.lora
+    import comfy.utils
+    from safetensors.torch import save_file
+    weights = model.model.diffusion_model.decoder.state_dict()
+    g = torch.Generator().manual_seed(3)
+    lora = {}
+    for name in [k for k in weights if k.endswith("self_attn.q_proj.weight")][:2]:
+        out_f, in_f = weights[name].shape
+        stem = "base_model.model." + name[: -len(".weight")]
+        lora[stem + ".lora_A.weight"] = torch.randn(4, in_f, generator=g) * 0.5
+        lora[stem + ".lora_B.weight"] = torch.randn(out_f, 4, generator=g) * 0.5
+    assert lora
+    path = tmp_path / "official_15_lora.safetensors"
+    save_file(lora, str(path))
+    sd = comfy.utils.load_torch_file(str(path))
+    results = []
+    for patcher in (model, native):
+        key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+        loaded_lora = comfy.lora.load_lora(sd, key_map)
+        assert len(loaded_lora) == 2, f"official 1.5 LoRA keys not mapped on {type(patcher.model).__name__}"
+        clone = patcher.clone()
+        clone.add_patches(loaded_lora, 1.0)
+        results.append(_ksample(env, clone, *conds, _empty(env)))
+    plain = _ksample(env, model, *conds, _empty(env))
+    assert (results[0] - plain).abs().max() > 1e-4
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-4)
