@@ -8,9 +8,10 @@ run on tiny random weights, for tests/test_ace15_numerics.py to compare ours aga
 aa9d2fc713664e9ffe37763f4c9240c0c3eda667, Comfy-Org master of 2026-05-10) and a Python with its
 requirements. The file holds, in float32 unless noted:
 
-- ``weights.*``: the tiny model's weights (``acestep_core.ace15.testing.random_state_dict`` of
-  ``tiny_config(sliding_window=2)``, seed 0, rounded to float16 so the file stays small; both sides
-  load exactly these values);
+- ``weights.checksum``: the tiny model's weights are not stored: both sides build them from the
+  seed (``acestep_core.ace15.testing.random_state_dict`` of ``tiny_config(sliding_window=2)``,
+  seed 0, rounded to float16 and back), and the checksum (``acestep_core.ace15.tiny.checksum``)
+  proves the test rebuilt the same values;
 - ``<case>.in.*`` / ``<case>.out.*``: the inputs and ComfyUI's outputs of each case; the metadata
   ``cases`` entry says which ComfyUI call made it and with which non-tensor arguments.
 
@@ -62,7 +63,8 @@ def build(comfyui: Path):
     def randn(*shape):
         return torch.randn(*shape, generator=g)
 
-    tensors = {"weights." + k: v for k, v in weights.items()}
+    from acestep_core.ace15.tiny import checksum
+    tensors = {"weights.checksum": checksum(weights)}
     cases = {}
 
     def record(name, call, inputs, outputs, **arguments):
