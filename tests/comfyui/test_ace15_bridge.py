@@ -356,3 +356,29 @@ def test_easycache_and_official_lora_same_on_ours_and_comfyuis_15(env, loaded, n
     plain = _ksample(env, model, *conds, _empty(env))
     assert (results[0] - plain).abs().max() > 1e-4
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-4)
+
+
+def test_reference_timbre_through_stock_nodes(env, loaded, request):
+    """ReferenceTimbreAudio with a latent from VAEEncodeAudio: the DiT gets the reference (is_covers
+    True, no silence stand-in), the result differs from plain text2music, and on ComfyUI 0.20.1 it
+    equals ComfyUI's own 1.5 model's for the same conditioning."""
+    model, clip, vae = loaded
+    positive, negative = _conds(env, clip)
+    wave = torch.sin(torch.linspace(0, 900, 3 * 48000)).repeat(1, 2, 1) * 0.3
+    audio = {"waveform": wave, "sample_rate": 48000}
+    encode = env["nodes_audio"].VAEEncodeAudio
+    reference = encode.execute(vae, audio).result[0] if hasattr(encode, "execute") else encode().encode(vae, audio)[0]
+    assert reference["samples"].shape[:2] == (1, 64)
+    reference_node = env["nodes_ace"].ReferenceAudio if hasattr(env["nodes_ace"], "ReferenceAudio") else None
+    if reference_node is not None:
+        with_reference = reference_node.execute(positive, reference).result[0]
+    else:
+        with_reference = env["ace15_nodes"].ReferenceAudio().execute(positive, reference)[0]
+    timbre = _ksample(env, model, with_reference, negative, _empty(env))
+    plain = _ksample(env, model, positive, negative, _empty(env))
+    assert torch.isfinite(timbre).all() and (timbre - plain).abs().max() > 1e-4
+    import comfy.model_base
+    if hasattr(comfy.model_base, "ACEStep15"):
+        native = request.getfixturevalue("native")
+        torch.testing.assert_close(timbre, _ksample(env, native, with_reference, negative, _empty(env)),
+                                   rtol=1e-4, atol=1e-4)
