@@ -24,6 +24,7 @@ import comfy.utils
 import node_helpers
 
 from .ace15_nodes import KEYSCALES, LANGUAGES, TIMESIGNATURES, text_encoder_kind
+from .notices import log, running_node_id
 
 AUTO = "auto"
 AUDIO_CODES_TYPE = "ACESTEP_AUDIO_CODES"
@@ -184,7 +185,21 @@ class AceStepPlanner:
                               generated=tuple(result.generated), seed=int(seed), thinking=result.thinking,
                               sources=sources)
         text = plan.text()
+        show_on_node(text)
         return {"ui": {"text": [text]}, "result": (plan, text, plan.duration)}
+
+
+def show_on_node(text: str) -> None:
+    """Text on the running node (ComfyUI's ``progress_text`` message, which the frontend draws on
+    the node); the ``ui`` output carries it too, for the history and extensions."""
+    node_id = running_node_id()
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception as err:   # showing it is a courtesy: never fail a run over it
+        log.debug("could not show the plan on node %s: %s", node_id, err)
 
 
 def _check_plan(plan, node: str) -> AudioCodesPlan:

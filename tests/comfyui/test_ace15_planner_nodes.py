@@ -6,6 +6,7 @@ progress bar, Cancel, and ComfyUI's memory manager holding the planner.
 from __future__ import annotations
 
 import importlib
+import time
 
 import pytest
 import torch
@@ -271,3 +272,57 @@ def test_nodes_are_registered(env):
     for name in ("seed", "cfg_scale", "temperature", "top_p", "top_k", "min_p", "generate_audio_codes"):
         assert inputs[name][1]["default"] == stock[name][1]["default"], name
     assert inputs["bpm"][1]["default"] == 0 and inputs["keyscale"][1]["default"] == "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# In a real server: plan once, sample twice
+# ---------------------------------------------------------------------------------------------
+def _plan_graph(sampler_seed: int) -> dict:
+    sampling = {"cfg_scale": 2.0, "temperature": 0.85, "top_p": 0.9, "top_k": 0, "min_p": 0.0}
+    return {
+        "1": {"class_type": "LoadAceStep15Split", "inputs": {
+            "unet_name": "acestep_v1.5_tiny.safetensors", "text_encoder_name": "qwen_0.6b_ace15.safetensors",
+            "vae_name": "ace_1.5_vae.safetensors", "planner_name": "qwen_1.7b_ace15.safetensors",
+            "weight_dtype": "fp32"}},
+        "2": {"class_type": "AceStepPlanner", "inputs": {
+            "clip": ["1", 1], "tags": TAGS, "lyrics": LYRICS, "seed": 3, "bpm": 120, "duration": 2.0,
+            "timesignature": "4", "language": "en", "keyscale": "auto", "generate_audio_codes": True, **sampling}},
+        "3": {"class_type": "AceStepPlanTextEncode", "inputs": {"clip": ["1", 1], "audio_codes": ["2", 0],
+                                                                "use_audio_codes": True}},
+        "4": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}},
+        "5": {"class_type": "EmptyAceStep1.5LatentAudio", "inputs": {"seconds": ["2", 2], "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": sampler_seed, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0],
+            "denoise": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "planner_nodes"}},
+    }
+
+
+def test_plan_once_sample_twice_in_the_server(comfy_server, tmp_path):
+    from acestep_core.ace15.tiny import write_tiny_ace15
+    files = write_tiny_ace15(tmp_path, "split", planner=True)
+    for role, kind in (("dit", "diffusion_models"), ("text_encoder", "text_encoders"), ("planner", "text_encoders"),
+                       ("vae", "vae")):
+        folder = comfy_server.base_dir / "models" / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / files[role].name
+        if not link.exists():
+            link.symlink_to(files[role])
+    info = comfy_server.object_info("AceStepPlanner")
+    assert info["output"] == ["ACESTEP_AUDIO_CODES", "STRING", "FLOAT"]
+    assert info["input"]["required"]["keyscale"][0][0] == "auto"
+
+    with comfy_server.listen() as first:
+        entry = comfy_server.wait_for(comfy_server.queue_prompt(_plan_graph(1), client_id=first.client_id))
+        time.sleep(0.3)
+    shown = entry["outputs"]["2"]["text"][0]
+    assert "bpm: 120 (user)" in shown and "keyscale: " in shown and "(planner)" in shown
+    assert "audio codes: 10" in shown
+    assert "bpm: 120 (user)" in first.text_on("2")          # drawn on the node while it runs
+    with comfy_server.listen() as second:
+        comfy_server.wait_for(comfy_server.queue_prompt(_plan_graph(2), client_id=second.client_id))
+        time.sleep(0.3)
+    cached = [m["data"]["nodes"] for m in second.json if m.get("type") == "execution_cached"]
+    executed = {m["data"]["node"] for m in second.json if m.get("type") == "executing" and m["data"].get("node")}
+    assert cached and "2" in cached[0] and "2" not in executed and "6" in executed   # planned once, sampled again
