@@ -237,10 +237,20 @@ def test_clear_errors(env, models, loaded):
     with pytest.raises(ValueError, match="no 5 Hz planner.*qwen_1.7b_ace15.*qwen_4b_ace15.*acestep-5Hz-lm"):
         _plan(env, no_planner, **SET_ALL)
 
-    class V1Clip:                                      # what text_encoder_kind sees of a v1 (UMT5) CLIP
-        cond_stage_model = torch.nn.Module()
+    from acestep_core.testing import write_tiny_checkpoint
+    write_tiny_checkpoint(models["aio"].parent / "ace_v1_tiny.safetensors", layout="comfyui", seed=0)
+    _, v1_clip, _ = env["loaders"].LoadAceStepCheckpoint().load("ace_v1_tiny.safetensors", "fp32")
     with pytest.raises(ValueError, match="not an ACE-Step 1.5 text encoder.*v1"):
-        _plan(env, V1Clip(), **SET_ALL)
+        _plan(env, v1_clip, **SET_ALL)
+    with pytest.raises(ValueError, match="needs an ACE-Step 1.5 text encoder"):
+        planner.AceStepPlanTextEncode().encode(v1_clip, _plan(env, loaded[1], **SET_ALL)[0], True)
+
+    class ComfyOwn15Clip:                              # ComfyUI 0.20's ACE15TEModel: qwen3_06b, lm_model
+        cond_stage_model = torch.nn.Module()
+        cond_stage_model.qwen3_06b = torch.nn.Module()
+        cond_stage_model.lm_model = "qwen3_2b"
+    with pytest.raises(ValueError, match="ComfyUI's own ACE-Step 1.5 text encoder.*LoadAceStep15Split"):
+        _plan(env, ComfyOwn15Clip(), **SET_ALL)
     with pytest.raises(ValueError, match="bpm 5 is out of range"):
         _plan(env, loaded[1], **{**SET_ALL, "bpm": 5})
 
