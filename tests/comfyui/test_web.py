@@ -338,6 +338,23 @@ def test_region_picker_shows_regions_outside_the_song(page):
     print(f"region pixel inside the song {inside}, past its end {beyond}")
     assert beyond[0] - beyond[1] > inside[0] - inside[1] + 10, (inside, beyond)   # redder: marked
 
+    # A drag that starts past the end (the view reaches 31.5 s for a region at 20-30 s) starts at the
+    # song's end: start <= end, both inside the song, never a reversed region.
+    shown = region(20.0, 30.0)
+    view_end = shown["view"][1]
+    drag(ui, wave["box"], 0.9, 0.05)
+    ui.page.wait_for_timeout(300)
+    widgets = ui.evaluate(WIDGETS_JS, REPAINT)
+    print(f"drag from past the end: widgets {widgets}, view end {view_end:.2f} s, song {song:.2f} s")
+    assert widgets["end_seconds"] == pytest.approx(song, abs=0.01)
+    assert widgets["start_seconds"] == pytest.approx(0.05 * view_end, abs=0.05 * view_end)
+    assert widgets["start_seconds"] < widgets["end_seconds"]
+    region(20.0, 30.0)
+    drag(ui, wave["box"], 0.85, 0.95)                            # all of it past the end
+    ui.page.wait_for_timeout(300)
+    widgets = ui.evaluate(WIDGETS_JS, REPAINT)
+    assert widgets["start_seconds"] <= widgets["end_seconds"] <= song + 0.01, widgets
+
     shown = region(0.5, 1.5)
     assert shown["problem"] == "" and shown["text"] == "" and shown["view"] == [0, pytest.approx(song)]
 

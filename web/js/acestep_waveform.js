@@ -426,7 +426,7 @@ function attachPicker(node, spec) {
       const [s, en] = region();
       if (Math.abs(t - en) <= EDGE_GRAB_PX * secondsPerPx) anchor = s;
       else if (Math.abs(t - s) <= EDGE_GRAB_PX * secondsPerPx) anchor = en;
-      else anchor = t;
+      else anchor = Math.min(state.duration, Math.max(0, t));   // a press past either end starts at that end
     } else {
       handle = t < state.duration / 2 ? "left" : "right";
     }
@@ -440,8 +440,10 @@ function attachPicker(node, spec) {
     e.stopPropagation();
     const t = timeAt(e.clientX, state.drag.view);
     if (spec.mode === "repaint") {
-      const lo = Math.max(0, Math.min(state.drag.anchor, t));
-      const hi = Math.min(state.duration, Math.max(state.drag.anchor, t));
+      // Both ends inside the song, start <= end, wherever the pointer goes.
+      const inside = Math.min(state.duration, Math.max(0, t));
+      const lo = Math.min(state.drag.anchor, inside);
+      const hi = Math.max(state.drag.anchor, inside);
       setWidget(wa, lo);
       setWidget(wb, hi);
     } else if (state.drag.handle === "left") {
