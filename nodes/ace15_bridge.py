@@ -322,10 +322,20 @@ class Ace15TextModel(nn.Module):
     def _device(self):
         return getattr(self, "load_device", None) or module_device(self.encoder)
 
+    def _fully_loaded(self) -> None:
+        """The Qwen3 encoder and the planner are ``transformers`` modules, which ModelPatcher cannot
+        run partly offloaded (low-VRAM loading leaves such layers on the offload device): ask
+        ComfyUI's memory manager for a full load (a no-op when already loaded; it still frees
+        other models as needed, and offloads this one later like any model)."""
+        patcher = getattr(self, "patcher", None)
+        if patcher is not None:
+            mm.load_models_gpu([patcher], force_full_load=True)
+
     @torch.no_grad()
     def encode_token_weights(self, token_weight_pairs):
         """-> (caption hidden [1, S, 1024] float32, None, {"conditioning_lyrics": [1, L, 1024],
         "audio_codes": [codes] when the planner ran}), as ComfyUI's ``ACE15TEModel``."""
+        self._fully_loaded()
         device = self._device()
         caption_ids = _ids(token_weight_pairs["qwen3_06b"])
         lyric_ids = _ids(token_weight_pairs["lyrics"])
@@ -370,6 +380,7 @@ def make_clip(text_encoder: nn.Module, tokenizer: QwenTokenizer, dtype: torch.dt
     clip = comfy.sd.CLIP(_ClipTarget(Ace15Tokenizer(tokenizer, planner_tokenizer), text_model),
                          model_options=options)
     text_model.load_device = clip.patcher.load_device
+    text_model.__dict__["patcher"] = clip.patcher     # not a submodule: ModelPatcher is no nn.Module
     return clip
 
 

@@ -382,3 +382,15 @@ def test_reference_timbre_through_stock_nodes(env, loaded, request):
         native = request.getfixturevalue("native")
         torch.testing.assert_close(timbre, _ksample(env, native, with_reference, negative, _empty(env)),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_clip_asks_for_a_full_load(env, loaded, monkeypatch):
+    """The 1.5 text encoder and planner are transformers modules that cannot run partly offloaded:
+    encoding asks ComfyUI's memory manager for a full load of the CLIP's own patcher."""
+    import comfy.model_management as mm
+    _, clip, _ = loaded
+    calls = []
+    real = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, *a, **k: calls.append((models, k)) or real(models, *a, **k))
+    _encode(env, clip)
+    assert any(clip.patcher in models and k.get("force_full_load") for models, k in calls), calls
