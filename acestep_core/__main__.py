@@ -86,14 +86,18 @@ def cmd_make_tiny(args) -> int:
     from .testing import write_tiny_checkpoint
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"{out} exists; keeping it (use --force to overwrite)", file=sys.stderr)
+    # A 1.5 all-in-one file is written into the folder --out (e.g. ComfyUI's models/checkpoints,
+    # which exists): what is kept when present is that file, not the folder.
+    aio_file = out / "ace_step_1.5_tiny_aio.safetensors"
+    written = aio_file if args.generation == "1.5" and args.layout in ("aio", "comfyui") else out
+    if written.exists() and not args.force:
+        print(f"{written} exists; keeping it (use --force to overwrite)", file=sys.stderr)
         return 0
     if args.generation == "1.5":
         from .ace15.tiny import write_tiny_ace15
 
         layout = {"comfyui": "aio", "folders": "official"}.get(args.layout, args.layout)
-        paths = write_tiny_ace15(out, layout, seed=args.seed)
+        paths = write_tiny_ace15(out, layout, seed=args.seed, planner=args.planner)
         print(f"wrote tiny ACE-Step 1.5 checkpoint with RANDOM weights ({layout} layout): "
               f"{', '.join(str(p) for p in paths.values())}", file=sys.stderr)
         return 0
@@ -160,6 +164,8 @@ def main(argv=None) -> int:
                       help="v1: comfyui / folders; 1.5 (--generation 1.5, --out is a folder): aio / split / official")
     tiny.add_argument("--generation", choices=["v1", "1.5"], default="v1")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--planner", action="store_true",
+                      help="1.5 aio / split: add a tiny 5 Hz planner (for generate_audio_codes)")
     tiny.add_argument("--force", action="store_true")
     tiny.set_defaults(func=cmd_make_tiny)
 

@@ -48,6 +48,7 @@ PACK_NAME = "comfyui-acestep"  # the folder name the pack gets under custom_node
 DEFAULT_ENV = Path(os.environ.get("ACESTEP_ENV_DIR", Path.home() / ".cache" / "comfyui-acestep" / "env"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MODEL_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # Settings that keep first-run dialogs (tutorial, missing-models list) off the canvas.
 QUIET_UI_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False}
 
@@ -130,7 +131,9 @@ class ComfyServer:
         return PACK_NAME if pack == REPO else pack.name
 
     def prepare_base_dir(self) -> None:
-        for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user"):
+        # The model folders exist before the server starts, so that files added later are listed
+        # (ComfyUI re-reads a folder whose modification time changed).
+        for sub in ("custom_nodes", "input", "output", "user", *(f"models/{kind}" for kind in MODEL_FOLDERS)):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         for pack in self.packs:
             self._link(self.base_dir / "custom_nodes" / self.pack_link_name(pack), pack)
@@ -139,10 +142,17 @@ class ComfyServer:
 
     def add_checkpoint(self, path: str | Path, name: str | None = None) -> Path:
         """Make a checkpoint file (or original-layout folder) visible in models/checkpoints/."""
+        return self.add_model("checkpoints", path, name)
+
+    def add_model(self, kind: str, path: str | Path, name: str | None = None) -> Path:
+        """Make a model file or folder visible in models/<kind>/ (checkpoints, diffusion_models,
+        text_encoders, vae, loras)."""
+        if kind not in MODEL_FOLDERS:
+            raise ValueError(f"kind must be one of {MODEL_FOLDERS}, not {kind!r}")
         path = Path(path).resolve()
         if not path.exists():
             raise FileNotFoundError(path)
-        link = self.base_dir / "models" / "checkpoints" / (name or path.name)
+        link = self.base_dir / "models" / kind / (name or path.name)
         self._link(link, path)
         return link
 

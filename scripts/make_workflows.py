@@ -438,9 +438,215 @@ def remix() -> dict:
     return flow_edit("remix", "remix", REMIX_TAGS, SONG_LYRICS, REMIX_NOTE)
 
 
+# ---------------------------------------------------------------------------------------------
+# ACE-Step 1.5
+# ---------------------------------------------------------------------------------------------
+# Files and addresses as ComfyUI 0.20.1's own 1.5 templates name them (comfyui-workflow-templates
+# 0.9.73: media_image audio_ace_step_1_5_checkpoint.json / _split.json, media_other
+# audio_ace_step1_5_xl_base.json): Comfy-Org's repository ace_step_1.5_ComfyUI_files.
+V15_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files/resolve/main/"
+V15_AIO = "ace_step_1.5_turbo_aio.safetensors"
+V15_AIO_MODEL = {"name": V15_AIO, "url": V15_FILES + "checkpoints/" + V15_AIO, "directory": "checkpoints"}
+V15_BASE_DIT = "acestep_v1.5_xl_base_bf16.safetensors"
+V15_TEXT_ENCODER = "qwen_0.6b_ace15.safetensors"
+V15_PLANNER_4B = "qwen_4b_ace15.safetensors"
+V15_VAE = "ace_1.5_vae.safetensors"
+V15_SPLIT_MODELS = [
+    {"name": V15_BASE_DIT, "url": V15_FILES + "split_files/diffusion_models/" + V15_BASE_DIT,
+     "directory": "diffusion_models"},
+    {"name": V15_TEXT_ENCODER, "url": V15_FILES + "split_files/text_encoders/" + V15_TEXT_ENCODER,
+     "directory": "text_encoders"},
+    {"name": V15_PLANNER_4B, "url": V15_FILES + "split_files/text_encoders/" + V15_PLANNER_4B,
+     "directory": "text_encoders"},
+    {"name": V15_VAE, "url": V15_FILES + "split_files/vae/" + V15_VAE, "directory": "vae"},
+]
+V15_OFFICIAL_REPO = "https://huggingface.co/ACE-Step/Ace-Step1.5"   # acestep/model_downloader.py MAIN_MODEL_REPO
+
+# Sampling as ComfyUI's templates: turbo (audio_ace_step_1_5_checkpoint.json, _split.json,
+# audio_ace_step1_5_xl_turbo.json) 8 Euler steps on the simple schedule, CFG 1, shift 3 through
+# ModelSamplingAuraFlow; base (audio_ace_step1_5_xl_base.json) 50 steps, CFG 6, shift 3.
+V15_TURBO_STEPS, V15_TURBO_CFG = 8, 1.0
+V15_BASE_STEPS, V15_BASE_CFG = 50, 6.0
+V15_SHIFT = 3.0
+# The planner's sampling (TextEncodeAceStepAudio1.5's defaults, which every 1.5 template keeps).
+V15_PLANNER = {"cfg_scale": 2.0, "temperature": 0.85, "top_p": 0.9, "top_k": 0, "min_p": 0.0}
+V15_SONG = {"bpm": 118, "timesignature": "4", "language": "en", "keyscale": "G major"}
+REFERENCE_TAGS = "indie folk, acoustic guitar, warm male vocals, gentle percussion, heartfelt, 96 bpm"
+REFERENCE_LYRICS = """[verse]
+Morning light on the kitchen floor
+Coffee steam and an open door
+
+[chorus]
+Stay a while, the day is long
+Hum along to an easy song"""
+
+V15_TINY_NOTE = """To try it without the download: from the pack's folder run
+`python -m acestep_core make-tiny --generation 1.5 --layout aio --planner --out <ComfyUI>/models/checkpoints`,
+press R in ComfyUI and pick `ace_step_1.5_tiny_aio.safetensors`. It has **random weights**: the workflow runs
+quickly, but makes noise, not music."""
+
+V15_AIO_NOTE = f"""### Model
+Put Comfy-Org's all-in-one ACE-Step 1.5 file in `ComfyUI/models/checkpoints/` and pick it in **Load ACE-Step Checkpoint**:
+- [{V15_AIO}]({V15_AIO_MODEL["url"]}) (the turbo diffusion model, the Qwen3-Embedding-0.6B text
+  encoder, the 1.7B planner and the 48 kHz VAE in one file), or
+- the official release ([ACE-Step/Ace-Step1.5]({V15_OFFICIAL_REPO})): the folder holding `acestep-v15-turbo/`,
+  `vae/`, `Qwen3-Embedding-0.6B/` and `acestep-5Hz-lm-1.7B/`, under `models/checkpoints/` or
+  `models/diffusion_models/`.
+
+When the file opens, ComfyUI's **Missing Models** dialog lists `{V15_AIO}` if you do not have it:
+**Download** fetches it from the address above, or close the dialog (×).
+
+{V15_TINY_NOTE}"""
+
+V15_SPLIT_NOTE = f"""### Models
+**Load ACE-Step 1.5 (split files)** takes Comfy-Org's separate files (the Missing Models dialog offers each):
+- `models/diffusion_models/`: [{V15_BASE_DIT}]({V15_SPLIT_MODELS[0]["url"]}) (XL base)
+- `models/text_encoders/`: [{V15_TEXT_ENCODER}]({V15_SPLIT_MODELS[1]["url"]}) (text encoder) and
+  [{V15_PLANNER_4B}]({V15_SPLIT_MODELS[2]["url"]}) (the 4B planner, `planner_name`)
+- `models/vae/`: [{V15_VAE}]({V15_SPLIT_MODELS[3]["url"]})
+
+Without the planner: set `planner_name` to `none` and `generate_audio_codes` to false. The all-in-one
+file (`text2music_v15_turbo`) has the turbo model only."""
+
+V15_SAVE_NOTE = ("- The result is saved as FLAC in `ComfyUI/output/audio/`: 48 kHz on ComfyUI 0.20 and later, "
+                 "44.1 kHz on older ComfyUI (its audio nodes assume 44.1 kHz; the VAE resamples).")
+V15_TEXT_NOTE = """- **TextEncodeAceStepAudio1.5**: `tags` (the style), `lyrics` (`[verse]`, `[chorus]`, ... or
+  `[instrumental]`), `bpm`, `timesignature`, `language`, `keyscale`.
+- **Seconds** sets the length of the song (the latent and the text encoder's `duration`); **Seed** picks
+  the song (sampler and planner): change it, or set its control to `randomize`, for another one."""
+V15_CODES_OFF_NOTE = """- `generate_audio_codes` is off: the diffusion model runs without the planner's audio codes, so any 1.5
+  checkpoint works (with or without a planner). Turn it on for the planner's melody and structure
+  (see `text2music_v15_planner`)."""
+
+TEXT2MUSIC_V15_TURBO_NOTE = f"""## ACE-Step 1.5 turbo: text to music
+{V15_TEXT_NOTE}
+{V15_CODES_OFF_NOTE}
+- Sampling as ComfyUI's 1.5 turbo template: {V15_TURBO_STEPS} Euler steps, `simple` schedule, CFG {V15_TURBO_CFG:g},
+  shift {V15_SHIFT:g} (ModelSamplingAuraFlow).
+{V15_SAVE_NOTE}
+
+{V15_AIO_NOTE}"""
+
+TEXT2MUSIC_V15_PLANNER_NOTE = f"""## ACE-Step 1.5 turbo with the planner
+ComfyUI's own 1.5 template (audio_ace_step_1_5_checkpoint) on this pack's loader:
+{V15_TEXT_NOTE}
+- `generate_audio_codes` is on: the 5 Hz planner (a Qwen3 language model, in the all-in-one file) first
+  writes audio codes for the song (5 per second; `cfg_scale`, `temperature`, `top_p`, `top_k`, `min_p`
+  are its sampling), then the diffusion model renders them. Slower, and more structured songs.
+- {V15_TURBO_STEPS} Euler steps, `simple` schedule, CFG {V15_TURBO_CFG:g}, shift {V15_SHIFT:g} (ModelSamplingAuraFlow).
+{V15_SAVE_NOTE}
+
+{V15_AIO_NOTE}"""
+
+TEXT2MUSIC_V15_BASE_NOTE = f"""## ACE-Step 1.5 base: text to music with CFG
+The base model (not distilled) as ComfyUI's 1.5 XL base template samples it: {V15_BASE_STEPS} Euler steps,
+`simple` schedule, CFG {V15_BASE_CFG:g} against the zeroed conditioning, shift {V15_SHIFT:g}
+(ModelSamplingAuraFlow), the planner's audio codes on.
+{V15_TEXT_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_SPLIT_NOTE}"""
+
+REFERENCE_TIMBRE_V15_NOTE = f"""## ACE-Step 1.5: a song in the timbre of a reference
+- **Load Audio**: the reference whose sound (voice, instruments) the new song takes. Upload it with the
+  node's button, or put it in `ComfyUI/input/` (`{INPUT_AUDIO}` is only a placeholder name).
+- **VAEEncodeAudio** -> **Reference Audio** (ReferenceTimbreAudio) adds it to the conditioning; the
+  negative is the same conditioning zeroed.
+- `generate_audio_codes` is off, as the node's tooltip asks with a reference.
+{V15_TEXT_NOTE}
+- {V15_TURBO_STEPS} Euler steps, `simple` schedule, CFG {V15_TURBO_CFG:g}, shift {V15_SHIFT:g} (ModelSamplingAuraFlow).
+{V15_SAVE_NOTE}
+
+{V15_AIO_NOTE}"""
+
+# Node ids of the 1.5 graphs.
+SECONDS_ID, SEED_ID = 4, 5
+
+
+def v15_text(tags: str, lyrics: str, codes: bool, bpm: int = V15_SONG["bpm"]) -> dict:
+    return node("TextEncodeAceStepAudio1.5", clip=link(LOADER, 1), tags=tags, lyrics=lyrics, seed=link(SEED_ID),
+                duration=link(SECONDS_ID), **{**V15_SONG, "bpm": bpm}, generate_audio_codes=codes, **V15_PLANNER)
+
+
+def v15_graph(name: str, loader: dict, text: dict, steps: int, cfg: float, extra: dict | None = None,
+              positive: int = TEXT, negative_of: int = TEXT) -> dict:
+    """Loader (1), text (2), zeroed negative (3), Seconds (4), Seed (5), empty latent (6),
+    ModelSamplingAuraFlow (7), KSampler (8), decode (9), save (10), then `extra`."""
+    return {
+        LOADER: loader,
+        TEXT: text,
+        NEGATIVE: node("ConditioningZeroOut", conditioning=link(negative_of)),
+        SECONDS_ID: node("PrimitiveFloat", value=SONG_SECONDS),
+        # "fixed", as in ComfyUI's 1.5 templates (and what frontend 1.43 keeps for PrimitiveInt
+        # whatever the API prompt says): a Run gives the same song until the seed changes.
+        SEED_ID: node("PrimitiveInt", value=SEED, control_after_generate="fixed"),
+        6: node("EmptyAceStep1.5LatentAudio", seconds=link(SECONDS_ID), batch_size=1),
+        7: node("ModelSamplingAuraFlow", model=link(LOADER, 0), shift=V15_SHIFT),
+        8: node("KSampler", model=link(7), seed=link(SEED_ID), control_after_generate="fixed", steps=steps, cfg=cfg, sampler_name=SAMPLER,
+                scheduler=SCHEDULER, positive=link(positive), negative=link(NEGATIVE), latent_image=link(6),
+                denoise=1.0),
+        **decode_and_save(9, link(8), name),
+        **(extra or {}),
+    }
+
+
+def v15_aio_loader() -> dict:
+    return node("LoadAceStepCheckpoint", ckpt_name=V15_AIO, weight_dtype="default")
+
+
+V15_TITLES = {SECONDS_ID: "Seconds", SEED_ID: "Seed"}
+V15_TEXT_BOX = (TEXT, 440, 560)
+V15_NOTE_BOX = ("note", 440, 620)     # the 1.5 notes are longer: no scrolling to the end
+
+
+def v15_columns(first: list, second: list) -> list:
+    return [first, second, [(SECONDS_ID, 300, 60), (SEED_ID, 300, 80), (6, 300, 60), (7, 300, 60)],
+            [(8, 300, 270), (9, 300, 50), (10, 300, 100)]]
+
+
+def text2music_v15_turbo() -> dict:
+    api = v15_graph("text2music_v15_turbo", v15_aio_loader(), v15_text(SONG_TAGS, SONG_LYRICS, codes=False),
+                    V15_TURBO_STEPS, V15_TURBO_CFG)
+    return {"api": api, "columns": v15_columns([LOADER_BOX, V15_NOTE_BOX], [V15_TEXT_BOX, NEGATIVE_BOX]),
+            "note": TEXT2MUSIC_V15_TURBO_NOTE, "titles": V15_TITLES, "loader_models": [V15_AIO_MODEL]}
+
+
+def text2music_v15_planner() -> dict:
+    api = v15_graph("text2music_v15_planner", v15_aio_loader(), v15_text(SONG_TAGS, SONG_LYRICS, codes=True),
+                    V15_TURBO_STEPS, V15_TURBO_CFG)
+    return {"api": api, "columns": v15_columns([LOADER_BOX, V15_NOTE_BOX], [V15_TEXT_BOX, NEGATIVE_BOX]),
+            "note": TEXT2MUSIC_V15_PLANNER_NOTE, "titles": V15_TITLES, "loader_models": [V15_AIO_MODEL]}
+
+
+def text2music_v15_base() -> dict:
+    loader = node("LoadAceStep15Split", unet_name=V15_BASE_DIT, text_encoder_name=V15_TEXT_ENCODER, vae_name=V15_VAE,
+                  planner_name=V15_PLANNER_4B, weight_dtype="default")
+    api = v15_graph("text2music_v15_base", loader, v15_text(SONG_TAGS, SONG_LYRICS, codes=True),
+                    V15_BASE_STEPS, V15_BASE_CFG)
+    return {"api": api, "columns": v15_columns([(LOADER, 440, 180), V15_NOTE_BOX], [V15_TEXT_BOX, NEGATIVE_BOX]),
+            "note": TEXT2MUSIC_V15_BASE_NOTE, "titles": V15_TITLES, "loader_models": V15_SPLIT_MODELS}
+
+
+def reference_timbre_v15() -> dict:
+    extra = {11: node("LoadAudio", audio=INPUT_AUDIO),
+             12: node("VAEEncodeAudio", audio=link(11), vae=link(LOADER, 2)),
+             13: node("ReferenceTimbreAudio", conditioning=link(TEXT), latent=link(12))}
+    api = v15_graph("reference_timbre_v15", v15_aio_loader(), v15_text(REFERENCE_TAGS, REFERENCE_LYRICS, codes=False, bpm=96),
+                    V15_TURBO_STEPS, V15_TURBO_CFG, extra, positive=13, negative_of=13)
+    columns = [[LOADER_BOX, (11, 440, 140), V15_NOTE_BOX], [V15_TEXT_BOX, (12, 300, 50), (13, 300, 60), NEGATIVE_BOX],
+               [(SECONDS_ID, 300, 60), (SEED_ID, 300, 80), (6, 300, 60), (7, 300, 60)],
+               [(8, 300, 270), (9, 300, 50), (10, 300, 100)]]
+    return {"api": api, "columns": columns, "note": REFERENCE_TIMBRE_V15_NOTE, "titles": V15_TITLES,
+            "loader_models": [V15_AIO_MODEL]}
+
+
+V15_WORKFLOWS = {"text2music_v15_turbo": text2music_v15_turbo, "text2music_v15_planner": text2music_v15_planner,
+                 "text2music_v15_base": text2music_v15_base, "reference_timbre_v15": reference_timbre_v15}
+
+
 WORKFLOWS = {"text2music": text2music, "audio2audio": audio2audio, "text2music_apg": text2music_apg,
              "text2music_lora": text2music_lora, "retake": retake, "repaint": repaint, "extend": extend,
-             "lyric_edit": lyric_edit, "remix": remix}
+             "lyric_edit": lyric_edit, "remix": remix, **V15_WORKFLOWS}
 
 
 def api_prompt(spec: dict) -> dict:
@@ -519,8 +725,9 @@ def build_in_page(page, name: str, spec: dict) -> str:
     placed = sorted(str(i) for column in spec["columns"] for i, _, _ in column)
     if placed != sorted([str(k) for k in spec["api"]] + ["note"]):
         raise RuntimeError(f"{name}: the layout places {placed}, the graph has {sorted(spec['api'])} and a note")
-    models = {LOADER: [{"name": REAL_CHECKPOINT, "url": REAL_CHECKPOINT_URL, "directory": "checkpoints"}],
-              **spec.get("models", {})}
+    loader_models = spec.get("loader_models",
+                             [{"name": REAL_CHECKPOINT, "url": REAL_CHECKPOINT_URL, "directory": "checkpoints"}])
+    models = {LOADER: loader_models, **spec.get("models", {})}
     columns = [[[str(i), w, h] for i, w, h in column] for column in spec["columns"]]
     count = page.evaluate(BUILD_GRAPH_JS, [api_prompt(spec), name, columns, spec["note"],
                                            {str(k): v for k, v in spec.get("titles", {}).items()},

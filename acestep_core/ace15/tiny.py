@@ -73,6 +73,9 @@ def checksum(state: dict[str, torch.Tensor]) -> torch.Tensor:
 # Tiny 1.5 checkpoints in every released layout (same weights in each)
 # ---------------------------------------------------------------------------------------------
 LAYOUTS = ("aio", "split", "official")
+# Where Comfy-Org's all-in-one file keeps its 1.7B planner: the prefix ComfyUI 0.20.1's ACEStep15
+# clip_target probes (comfy/supported_models.py); the HF "model." names follow it.
+COMFY_PLANNER_1_7B_PREFIX = "text_encoders.qwen3_2b.transformer."
 
 
 def to_diffusers_vae_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,7 +117,9 @@ def to_diffusers_vae_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def write_tiny_ace15(out, layout: str, seed: int = 0, tokenizer_dir=None, planner: bool = False) -> dict:
     """Write a tiny 1.5 checkpoint with RANDOM weights in ``layout``:
 
-    * ``"aio"``: ``out/ace_step_1.5_tiny_aio.safetensors`` (Comfy-Org's all-in-one prefixes);
+    * ``"aio"``: ``out/ace_step_1.5_tiny_aio.safetensors`` (Comfy-Org's all-in-one prefixes; with
+      ``planner``, a tiny planner under ``text_encoders.qwen3_2b.transformer.`` as the released file
+      holds its 1.7B planner);
     * ``"split"``: ``out/diffusion_models/acestep_v1.5_tiny.safetensors``,
       ``out/text_encoders/qwen_0.6b_ace15.safetensors``, ``out/vae/ace_1.5_vae.safetensors``
       (+ ``out/text_encoders/qwen_1.7b_ace15.safetensors``, a tiny planner, with ``planner``);
@@ -138,10 +143,17 @@ def write_tiny_ace15(out, layout: str, seed: int = 0, tokenizer_dir=None, planne
     vae = random_vae_state(TINY_VAE_CONFIG, seed + 1)
     text = random_text_encoder_state(TINY_TEXT_CONFIG, seed + 2)
     note = {"note": "ACE-Step 1.5 tiny test checkpoint: RANDOM weights"}
+
+    def planner_state() -> dict[str, torch.Tensor]:
+        from .planner import PlannerConfig, random_planner_state_dict
+        return random_planner_state_dict(PlannerConfig(217204, 16, 32, 1, 2, 1, head_dim=8), seed)
+
     if layout == "aio":
         flat = {COMFY_DIT_PREFIX + k: v for k, v in dit.items()}
         flat.update({COMFY_VAE_PREFIX + k: v for k, v in vae.items()})
         flat.update({COMFY_TEXT_ENCODER_PREFIX + k: v for k, v in text.items()})
+        if planner:
+            flat.update({COMFY_PLANNER_1_7B_PREFIX + k: v for k, v in planner_state().items()})
         path = out / "ace_step_1.5_tiny_aio.safetensors"
         save_file(flat, str(path), metadata=note)
         return {"checkpoint": path}
@@ -155,10 +167,8 @@ def write_tiny_ace15(out, layout: str, seed: int = 0, tokenizer_dir=None, planne
         save_file({"model." + k: v for k, v in text.items()}, str(paths["text_encoder"]), metadata=note)
         save_file(vae, str(paths["vae"]), metadata=note)
         if planner:
-            from .planner import PlannerConfig, random_planner_state_dict
-            config = PlannerConfig(217204, 16, 32, 1, 2, 1, head_dim=8)
             paths["planner"] = out / "text_encoders" / "qwen_1.7b_ace15.safetensors"
-            save_file(random_planner_state_dict(config, seed), str(paths["planner"]), metadata=note)
+            save_file(planner_state(), str(paths["planner"]), metadata=note)
         return paths
     if layout != "official":
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
