@@ -10,7 +10,7 @@ Layouts:
 
 Both are turned into the same ``ComponentSource`` records (canonical keys without prefixes), so
 everything downstream (config inference, module loading) is one code path. Tensors are read
-lazily from memory-mapped safetensors, one component at a time; nothing here uses pickle.
+lazily from safetensors files, one tensor at a time; nothing here uses pickle.
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ DTYPES = {
     "fp16": torch.float16, "float16": torch.float16,
 }
 
-_ALIGNMENT = 64  # bytes; what torch's CPU allocator gives every fresh tensor
 _SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
@@ -93,6 +92,8 @@ class SafetensorsInfo:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]
     metadata: dict[str, str]
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)   # key -> byte range from data_start
+    data_start: int = 0
 
 
 def read_safetensors_header(path: Path) -> SafetensorsInfo:
@@ -121,13 +122,14 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
     except (UnicodeDecodeError, ValueError):
         raise CheckpointError(_not_safetensors(path)) from None
     metadata = header.pop("__metadata__", None) or {}
-    shapes, dtypes = {}, {}
+    shapes, dtypes, offsets = {}, {}, {}
     data_end = 0
     for key, entry in header.items():
         try:
             begin, end = entry["data_offsets"]
             shapes[key] = tuple(int(d) for d in entry["shape"])
             dtypes[key] = entry["dtype"]
+            offsets[key] = (int(begin), int(end))
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(_not_safetensors(path)) from None
         data_end = max(data_end, int(end))
@@ -138,7 +140,7 @@ def read_safetensors_header(path: Path) -> SafetensorsInfo:
             f"{path}: the file is truncated: its header describes {data_end + 8 + header_len} bytes "
             f"but only {size} are on disk ({missing_mb:.1f} MiB missing). The download or copy was "
             "interrupted: download the checkpoint again.")
-    return SafetensorsInfo(path, shapes, dtypes, dict(metadata))
+    return SafetensorsInfo(path, shapes, dtypes, dict(metadata), offsets, 8 + header_len)
 
 
 def _not_safetensors(path: Path) -> str:
@@ -176,33 +178,63 @@ class ComponentSource:
 
     def state_dict(self, dtype: torch.dtype | None = None, device="cpu",
                    keep_dtype: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
-        """Read this component's tensors (memory-mapped) with canonical keys, converting floating
-        tensors to ``dtype`` one at a time so only one copy of each weight is ever held."""
+        """Read this component's tensors with canonical keys, converting floating tensors to
+        ``dtype`` one at a time so only one copy of each weight is ever held."""
         return dict(self.iter_tensors(dtype, device, keep_dtype))
 
     def iter_tensors(self, dtype=None, device="cpu", keep_dtype=None) -> Iterator[tuple[str, torch.Tensor]]:
-        from safetensors import safe_open
-
+        """Each tensor read with ``readinto`` straight into a fresh (aligned) tensor of the stored
+        dtype. Not memory-mapped: mapped file pages count in the process's resident memory for as
+        long as the mapping lives, so a load held the file's pages and the weights at once (twice
+        the weights at its peak); and mapped tensors sit at arbitrary file offsets, where CPU matmul
+        kernels take other code paths than on aligned memory (results differing in the last bits
+        with the file layout)."""
+        info = read_safetensors_header(self.file)
         try:
-            with safe_open(str(self.file), framework="pt", device="cpu") as f:
+            with open(self.file, "rb", buffering=0) as f:
                 for key in self.shapes:
-                    tensor = f.get_tensor(self.prefix + key)
+                    tensor = _read_tensor(f, info, self.prefix + key)
                     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype \
                             and not (keep_dtype and keep_dtype(key)):
                         tensor = tensor.to(dtype)
-                    elif tensor.data_ptr() % _ALIGNMENT:
-                        # Memory-mapped tensors sit at arbitrary file offsets; CPU matmul kernels
-                        # take other code paths on unaligned data, so the same weights would give
-                        # results that differ in the last bits depending on the file layout.
-                        tensor = tensor.clone()
                     if str(device) != "cpu":
                         tensor = tensor.to(device)
                     yield key, tensor
         except CheckpointError:
             raise
-        except Exception as err:  # safetensors raises its own error types
+        except Exception as err:
             raise CheckpointError(f"{self.file}: reading the {self.name} weights failed ({err}). "
                                   "The file may be damaged: download it again.") from err
+
+
+_STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                  "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _read_tensor(f, info: SafetensorsInfo, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file (little-endian, C order) read into a fresh tensor."""
+    if name not in info.offsets:
+        raise CheckpointError(f"{info.path}: tensor '{name}' is not in the file.")
+    stored = info.dtypes[name]
+    if stored not in _STORED_DTYPES:
+        raise CheckpointError(f"{info.path}: tensor '{name}' has dtype {stored}, which is not supported here.")
+    begin, end = info.offsets[name]
+    tensor = torch.empty(info.shapes[name], dtype=_STORED_DTYPES[stored])
+    nbytes = tensor.numel() * tensor.element_size()
+    if end - begin != nbytes:
+        raise CheckpointError(f"{info.path}: tensor '{name}' takes {end - begin} bytes in the file, but its shape "
+                              f"{list(info.shapes[name])} and dtype {stored} need {nbytes}. Download it again.")
+    if nbytes:
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        f.seek(info.data_start + begin)
+        done = 0
+        while done < nbytes:
+            got = f.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"{info.path}: the file ends inside tensor '{name}'. Download it again.")
+            done += got
+    return tensor
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Build ACE-Step modules from a checkpoint: infer each config, construct on the meta device,
-assign the memory-mapped tensors. One code path for both layouts and for tiny test checkpoints."""
+assign the tensors as read. One code path for both layouts and for tiny test checkpoints."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -58,7 +58,7 @@ def build_component(source: ComponentSource, dtype: torch.dtype = torch.float32,
 
 def assign_weights(module: nn.Module, source: ComponentSource, dtype: torch.dtype | None, device="cpu") -> nn.Module:
     """Give ``module`` (built on the meta device) the tensors of ``source``, converted to
-    ``dtype`` (None: as stored), memory-mapped where no conversion is needed; a CheckpointError
+    ``dtype`` (None: as stored; one copy of each weight is held); a CheckpointError
     names what does not fit."""
     _, _, fix_keys = _component_factory(source.name)
     state = source.state_dict(dtype=dtype, device=device)

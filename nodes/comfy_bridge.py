@@ -141,7 +141,7 @@ def module_device(module: nn.Module) -> torch.device:
 def build_component(source, weight_dtype: torch.dtype, compute_dtype: torch.dtype | None = None, config=None,
                     load_device=None):
     """An acestep_core component built on ComfyUI's operations for these dtypes, its weights
-    assigned from ``source`` (memory-mapped where the stored dtype is kept)."""
+    assigned from ``source`` (kept in the stored dtype where that is narrower)."""
     from acestep_core.loading import build_component as core_build
     operations = pick_operations(weight_dtype, compute_dtype, load_device)
     return core_build(source, weight_dtype, "cpu", config, operations=operations, compute_dtype=compute_dtype)

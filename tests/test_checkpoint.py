@@ -183,3 +183,32 @@ def test_length_formula_matches_comfyui():
         out = node.execute(seconds=seconds, batch_size=1) if hasattr(node, "execute") else node().generate(seconds, 1)
         latent = out[0] if isinstance(out, tuple) else out.result[0]
         assert latent["samples"].shape == (1, 8, 16, frames)
+
+
+def test_component_tensors_are_read_into_fresh_aligned_memory(tmp_path):
+    """Every stored dtype and shape (0-dim, empty) reads back exactly as safetensors stores it, into
+    fresh 64-byte-aligned tensors (the same CPU kernels whatever the file layout), and the file is
+    not left mapped into the process (mapped pages would count in its resident memory)."""
+    from safetensors.torch import load_file, save_file
+
+    from acestep_core.checkpoint import ComponentSource, read_safetensors_header
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.bf16": torch.randn(3, 5, generator=g).bfloat16(), "b.f32": torch.randn(7, generator=g),
+               "c.f16": torch.randn(2, 3, 1, generator=g).half(), "d.i64": torch.arange(5),
+               "e.bool": torch.tensor([True, False, True]), "f.scalar": torch.tensor(2.5),
+               "g.empty": torch.zeros(0, 4), "h.u8": torch.arange(9, dtype=torch.uint8)}
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path))
+    info = read_safetensors_header(path)
+    source = ComponentSource("test", path, "", info.shapes, dtypes=info.dtypes)
+    read = source.state_dict()
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) not in maps.read_text()
+    expected = load_file(str(path))    # (safetensors' own loader maps the file)
+    assert set(read) == set(expected)
+    for key, tensor in read.items():
+        assert tensor.dtype == expected[key].dtype and torch.equal(tensor, expected[key]), key
+        assert tensor.numel() == 0 or tensor.data_ptr() % 64 == 0, key
+    converted = source.state_dict(dtype=torch.float32)
+    assert converted["a.bf16"].dtype == torch.float32 and converted["d.i64"].dtype == torch.int64
