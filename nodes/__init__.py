@@ -11,7 +11,8 @@ import logging
 log = logging.getLogger("comfyui-acestep")
 
 # Node modules of this package, in menu order. A module missing from disk is skipped quietly.
-NODE_MODULES = ("loaders", "conditioning", "latents", "ace15_nodes", "ace15_planner", "tasks", "guidance", "edit", "lora", "routes")
+NODE_MODULES = ("loaders", "conditioning", "latents", "ace15_nodes", "ace15_planner", "tasks", "ace15_tasks", "guidance",
+                "edit", "lora", "routes")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -180,6 +180,40 @@ class Ace15BaseModel(_ACE15_BASE):
             pad = self.silence(frames, device)
             refer_audio = torch.cat([refer_audio.to(pad), pad[:, :, refer_audio.shape[2]:]], dim=2)
         out["refer_audio"] = comfy.conds.CONDRegular(refer_audio)
+        out.update(self._task_conds(kwargs, frames, device))
+        return out
+
+    def _task_conds(self, kwargs, frames: int, device) -> dict:
+        """The task inputs the ACE-Step 1.5 task nodes (nodes/ace15_tasks.py) put on a conditioning
+        entry -> the DiT's ``src_latents`` / ``chunk_masks`` ``[B, 64, T]``, ``is_covers`` and, for a
+        cover, ``precomputed_lm_hints_25Hz`` (time-major; given as ``acestep15_lm_hints`` or computed
+        here from the source, as the official ``prepare_condition`` tokenizes it). Nothing without
+        the keys."""
+        src = kwargs.get("acestep15_src_latents", None)
+        if src is None:
+            return {}
+        from acestep_core.ace15.tasks import cover_hints
+        chunk = kwargs.get("acestep15_chunk_masks", None)
+        for name, value in (("source latents", src), ("chunk masks", chunk)):
+            if value is None or value.ndim != 3 or value.shape[1] != LATENT_CHANNELS or value.shape[2] != frames:
+                shape = None if value is None else list(value.shape)
+                raise ValueError(f"ACE-Step 1.5 task: the {name} of this conditioning have shape {shape}, but the "
+                                 f"latent being sampled has {frames} frames; sample the LATENT output of the same "
+                                 "ACE-Step 1.5 task node that made the conditioning.")
+        out = {"src_latents": comfy.conds.CONDRegular(src), "chunk_masks": comfy.conds.CONDRegular(chunk)}
+        is_covers = bool(kwargs.get("acestep15_is_covers", False))
+        out["is_covers"] = comfy.conds.CONDConstant(is_covers)
+        if is_covers:
+            hints = kwargs.get("acestep15_lm_hints", None)
+            if hints is None:
+                diffusion_model = self.diffusion_model
+                dtype = getattr(self, "manual_cast_dtype", None) or self.get_dtype()
+                with torch.no_grad():
+                    hints = cover_hints(diffusion_model, src.to(device=device, dtype=dtype),
+                                        lambda n: self.silence(n, device).to(dtype))
+            else:
+                hints = hints.movedim(-1, -2)
+            out["precomputed_lm_hints_25Hz"] = comfy.conds.CONDRegular(hints)
         return out
 
 

@@ -76,10 +76,24 @@ def metas_text(bpm=None, timesignature=None, keyscale=None, duration=DEFAULT_DUR
                       f"- keyscale: {_meta_value(keyscale)}", f"- duration: {seconds}"))
 
 
-def caption_prompt(tags: str, bpm=None, timesignature=None, keyscale=None, duration=DEFAULT_DURATION) -> str:
-    """The caption prompt the DiT's text branch reads (tags stripped, as ComfyUI does)."""
-    return CAPTION_TEMPLATE.format(caption=tags.strip(),
-                                   metas=metas_text(bpm, timesignature, keyscale, duration))
+# The instruction line ComfyUI writes for every prompt (the official app's cover instruction).
+DEFAULT_INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
+_INSTRUCTION_HEADER = "# Instruction\n"
+
+
+def caption_prompt(tags: str, bpm=None, timesignature=None, keyscale=None, duration=DEFAULT_DURATION,
+                   instruction: str | None = None) -> str:
+    """The caption prompt the DiT's text branch reads (tags stripped, as ComfyUI does).
+    ``instruction``: the task's ``# Instruction`` line (acestep_core.ace15.tasks.task_instruction;
+    a ``:`` is appended when missing, as the official app does); None keeps ComfyUI's line."""
+    text = CAPTION_TEMPLATE.format(caption=tags.strip(), metas=metas_text(bpm, timesignature, keyscale, duration))
+    if instruction is None:
+        return text
+    instruction = instruction if instruction.endswith(":") else instruction + ":"
+    if "\n" in instruction:
+        raise ValueError("the instruction is one line of text; it contains a line break")
+    head = _INSTRUCTION_HEADER + DEFAULT_INSTRUCTION
+    return _INSTRUCTION_HEADER + instruction + text[len(head):]
 
 
 def lyrics_prompt(lyrics: str, language: str | None = "en") -> str:

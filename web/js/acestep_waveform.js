@@ -1,4 +1,5 @@
-// Waveform region picker for AceStepRepaint and AceStepExtend.
+// Waveform region picker for AceStepRepaint and AceStepExtend (and their 1.5 nodes AceStep15Repaint,
+// AceStep15Extend, whose inputs have the same names).
 //
 // The node's `samples` input is followed upstream to the audio it stands for (upstreamAudio: a
 // LoadAudio file, else the audio the graph's last run decoded from that latent and saved); its
@@ -17,6 +18,8 @@ import { api } from "../../../scripts/api.js";
 const PICKER_NODES = {
   AceStepRepaint: { mode: "repaint", a: "start_seconds", b: "end_seconds" },
   AceStepExtend: { mode: "extend", a: "left_seconds", b: "right_seconds" },
+  AceStep15Repaint: { mode: "repaint", a: "start_seconds", b: "end_seconds" },
+  AceStep15Extend: { mode: "extend", a: "left_seconds", b: "right_seconds" },
 };
 const WIDGET_NAME = "acestep_waveform";
 const HEIGHT = 130;           // canvas height in CSS pixels
