@@ -329,3 +329,20 @@ def test_cover_noise_start():
     assert [T.cover_noise_start(shift3, s) for s in (0.0, 0.05, 0.4, 0.5, 0.9, 1.0)] == [0, 1, 5, 6, 7, 7]
     with pytest.raises(ValueError, match="cover_noise_strength is -0.1"):
         T.cover_noise_start(shift3, -0.1)
+
+
+def test_caption_prompt_takes_the_task_instruction():
+    """caption_prompt(instruction=...) is ComfyUI's caption prompt with the task's instruction line
+    (the ':' appended as the app's _format_instruction does); without it the output is unchanged."""
+    from acestep_core.ace15.text_encoder import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, caption_prompt, metas_text
+    plain = caption_prompt(" a, b ", 90, "3", "D minor", 12.5)
+    assert plain == CAPTION_TEMPLATE.format(caption="a, b", metas=metas_text(90, "3", "D minor", 12.5))
+    assert caption_prompt(" a, b ", 90, "3", "D minor", 12.5, instruction=DEFAULT_INSTRUCTION) == plain
+    for task, track in (("repaint", None), ("lego", "drums"), ("text2music", None)):
+        instruction = T.task_instruction(task, track)
+        assert caption_prompt(" a, b ", 90, "3", "D minor", 12.5, instruction=instruction) == \
+            T.with_instruction(plain, instruction)
+    tagged = caption_prompt(DEFAULT_INSTRUCTION, instruction="Do it")    # the tags keep their text
+    assert tagged.startswith(f"# Instruction\nDo it:\n\n# Caption\n{DEFAULT_INSTRUCTION}\n")
+    with pytest.raises(ValueError, match="line break"):
+        caption_prompt("x", instruction="two\nlines")

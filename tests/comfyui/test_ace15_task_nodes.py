@@ -136,14 +136,25 @@ def test_node_conditioning_is_the_core_task_conditioning(env, loaded, case):
     assert negative[0][1]["acestep15_src_latents"] is options["acestep15_src_latents"]
 
 
-def test_caption_prompt_without_instruction_is_unchanged():
-    from acestep_core.ace15.tasks import REPAINT_INSTRUCTION, with_instruction
-    from acestep_core.ace15.text_encoder import CAPTION_TEMPLATE, caption_prompt, metas_text
-    plain = caption_prompt(" a, b ", 90, "3", "D minor", 12.5)
-    assert plain == CAPTION_TEMPLATE.format(caption="a, b", metas=metas_text(90, "3", "D minor", 12.5))
-    assert caption_prompt(" a, b ", 90, "3", "D minor", 12.5, instruction=REPAINT_INSTRUCTION) == \
-        with_instruction(plain, REPAINT_INSTRUCTION)
-    assert caption_prompt("x", instruction="Do it") .startswith("# Instruction\nDo it:\n\n# Caption\nx\n")
+def test_instruction_with_comfyuis_own_15_tokenizer(env, loaded):
+    """ComfyUI 0.20's own 1.5 CLIP (ACE15Tokenizer): the caption tokens written with the task's
+    instruction are ComfyUI's own tokens for the default one, and carry the task's otherwise."""
+    try:
+        from comfy.text_encoders.ace15 import ACE15Tokenizer
+    except ImportError:
+        pytest.skip("this ComfyUI has no ACE-Step 1.5 text encoder of its own (0.20+ has)")
+    from acestep_core.ace15.tasks import COVER_INSTRUCTION, REPAINT_INSTRUCTION
+    tokenizer = ACE15Tokenizer()
+    clip = types.SimpleNamespace(cond_stage_model=types.SimpleNamespace(qwen3_06b=None), tokenizer=tokenizer,
+                                 tokenize=lambda text, **kw: tokenizer.tokenize_with_weights(text, False, **kw))
+    theirs = tokenizer.tokenize_with_weights(TAGS, False, lyrics=LYRICS, bpm=120, duration=6, timesignature="4",
+                                             language="en", keyscale="C major", generate_audio_codes=False)
+    task_tokens = env["ace15_tasks"].task_tokens
+    cover = task_tokens("test", clip, TAGS, LYRICS, "en", 120, "4", "C major", 6, COVER_INSTRUCTION)
+    assert cover["qwen3_06b"] == theirs["qwen3_06b"] and cover["lyrics"] == theirs["lyrics"]
+    repaint = task_tokens("test", clip, TAGS, LYRICS, "en", 120, "4", "C major", 6, REPAINT_INSTRUCTION)
+    text = tokenizer.qwen3_06b.tokenizer.decode([int(p[0]) for p in repaint["qwen3_06b"][0]])
+    assert f"# Instruction\n{REPAINT_INSTRUCTION}\n\n# Caption\n{TAGS}" in text
 
 
 def test_extend_both_sides_generates_only_the_new_frames(env, loaded):
