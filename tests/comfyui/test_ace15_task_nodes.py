@@ -415,3 +415,51 @@ def test_mono_8khz_one_second_source(env, loaded):
     done = _restore(env, _ksample(env, model, positive, negative, task_latent))["samples"]
     assert done.shape == (1, 64, 25) and torch.isfinite(done).all()
     assert (done[..., :5] - latent["samples"][..., :5]).abs().max().item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# In a real server, through the API
+# ---------------------------------------------------------------------------------------------
+def _task_graph(audio: str, node_id: str, widgets: dict, checkpoint: str) -> dict:
+    meta = {"language": "en", "bpm": 0, "timesignature": "N/A", "keyscale": "N/A"}
+    return {
+        "1": {"class_type": "LoadAceStepCheckpoint", "inputs": {"ckpt_name": checkpoint, "weight_dtype": "fp32"}},
+        "2": {"class_type": "LoadAudio", "inputs": {"audio": audio}},
+        "3": {"class_type": "VAEEncodeAudio", "inputs": {"audio": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": node_id, "inputs": {"model": ["1", 0], "clip": ["1", 1], "samples": ["3", 0],
+                                                "tags": TAGS, "lyrics": LYRICS, **widgets, **meta}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["4", 0], "negative": ["4", 1], "latent_image": ["4", 2], "denoise": 1.0}},
+        "6": {"class_type": "AceStep15RestoreSource", "inputs": {"samples": ["5", 0]}},
+        "7": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveAudio", "inputs": {"audio": ["7", 0], "filename_prefix": "ace15_task"}},
+    }
+
+
+def test_tasks_run_in_the_server_and_bad_input_is_reported(comfy_server, tmp_path):
+    """LoadAudio (1 s mono 8 kHz) -> VAEEncodeAudio -> task node -> KSampler -> AceStep15RestoreSource ->
+    VAEDecodeAudio -> SaveAudio runs for repaint and extend; a region outside the song is an
+    execution error naming the node and the problem, and the server runs the next prompt."""
+    import soundfile
+    from acestep_core.ace15.tiny import write_tiny_ace15
+
+    from comfyui_harness import WorkflowError
+
+    checkpoint = comfy_server.add_checkpoint(write_tiny_ace15(tmp_path, "aio")["checkpoint"]).name
+    wav = tmp_path / "mono_8k.wav"
+    soundfile.write(str(wav), (0.2 * torch.randn(8000, generator=torch.Generator().manual_seed(0))).numpy(), 8000,
+                    subtype="PCM_16")
+    audio = comfy_server.add_input_file(wav)
+    for node_id, widgets, seconds in (("AceStep15Repaint", {"start_seconds": 0.2, "end_seconds": 0.6}, 1.0),
+                                      ("AceStep15Extend", {"left_seconds": 0.0, "right_seconds": 1.0}, 2.0)):
+        entry = comfy_server.run_prompt(_task_graph(audio, node_id, widgets, checkpoint), timeout=600)
+        (saved,) = entry["outputs"]["8"]["audio"]
+        path = comfy_server.base_dir / "output" / saved.get("subfolder", "") / saved["filename"]
+        data, rate = soundfile.read(str(path), always_2d=True)
+        assert abs(data.shape[0] / rate - seconds) < 0.05 and bool(torch.isfinite(torch.from_numpy(data)).all())
+    bad = _task_graph(audio, "AceStep15Repaint", {"start_seconds": 3.0, "end_seconds": 4.0}, checkpoint)
+    with pytest.raises(WorkflowError, match=r"AceStep15Repaint: the repaint region 3-4 s is outside the source"):
+        comfy_server.run_prompt(bad, timeout=600)
+    comfy_server.run_prompt(_task_graph(audio, "AceStep15Repaint", {"start_seconds": 0.0, "end_seconds": 0.4},
+                                        checkpoint), timeout=600)
