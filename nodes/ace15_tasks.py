@@ -360,7 +360,8 @@ class AceStep15Cover(_TaskNode):
 
 class AceStep15Repaint(_TaskNode):
     DESCRIPTION = ("Regenerate start_seconds-end_seconds of a song (ACE-Step 1.5 repaint); every other frame is kept "
-                   "exactly after AceStep15RestoreSource.")
+                   "exactly after AceStep15RestoreSource. A region ending after the song is repainted up to its end "
+                   "(with a warning); one starting at or after the end is an error.")
     TASK = "repaint"
     KEEP_OUTSIDE = True
 
@@ -376,9 +377,16 @@ class AceStep15Repaint(_TaskNode):
 
     def execute(self, model, clip, samples, tags, lyrics, start_seconds, end_seconds, language, bpm, timesignature,
                 keyscale):
-        return self.run("AceStep15Repaint", model, clip, samples,
-                        _text(tags, lyrics, language, bpm, timesignature, keyscale),
-                        start_s=float(start_seconds), end_s=float(end_seconds))
+        node = "AceStep15Repaint"
+        start, end = float(start_seconds), float(end_seconds)
+        song = t15.frames_to_seconds(source_latent(node, samples).shape[-1])
+        if start < song < end:
+            # As v1's repaint and the region picker (which shows this as a warning): up to the end.
+            warn_user(f"{node}: the region ends at {end:g} s, after the song ({song:g} s); repainting up to its end "
+                      "(to add music after the song, use AceStep15Extend)")
+            end = song
+        return self.run(node, model, clip, samples, _text(tags, lyrics, language, bpm, timesignature, keyscale),
+                        start_s=start, end_s=end)
 
 
 class AceStep15Extend(_TaskNode):

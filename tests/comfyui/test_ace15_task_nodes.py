@@ -226,6 +226,17 @@ def test_repaint_keeps_every_frame_outside_the_region(env, loaded):
     assert (out["samples"][..., 62:] - source[..., 62:]).abs().max() < 1e-4
 
 
+def test_repaint_past_the_end_of_the_song_stops_at_its_end(env, loaded, caplog):
+    from acestep_core.ace15.tasks import build_task_conditioning
+    model, clip, _ = loaded
+    samples = _source(50)                                   # 2 s
+    with caplog.at_level("WARNING"):
+        positive, _, _ = _run(env, "AceStep15Repaint", model, clip, samples, (1.0, 3.0))
+    assert "after the song (2 s); repainting up to its end" in caplog.text
+    expected = build_task_conditioning("repaint", _silence(model), samples["samples"], start_s=1.0, end_s=2.0)
+    assert torch.equal(positive[0][1]["acestep15_chunk_masks"], expected.chunk_masks)
+
+
 def test_repaint_of_a_short_song_cuts_the_padding(env, loaded):
     """A 2 s song is padded to the official 128 frames for the DiT; the padding is kept as silence
     during sampling and cut off after it."""
@@ -370,6 +381,8 @@ def test_bad_input_says_what_is_wrong(env, loaded):
     song = _source(50)                                   # 2 s
     with pytest.raises(ValueError, match=r"AceStep15Repaint: .*outside the source \(0-2 s\)"):
         _run(env, "AceStep15Repaint", model, clip, song, (3.0, 4.0))
+    with pytest.raises(ValueError, match=r"AceStep15Repaint: .*outside the source \(0-2 s\)"):
+        _run(env, "AceStep15Repaint", model, clip, song, (2.0, 4.0))
     with pytest.raises(ValueError, match="AceStep15Repaint: .*not after its start"):
         _run(env, "AceStep15Repaint", model, clip, song, (1.5, 0.5))
     with pytest.raises(ValueError, match="unknown stem 'cowbell'.*vocals.*woodwinds"):

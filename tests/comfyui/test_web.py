@@ -804,3 +804,45 @@ def test_without_the_dom_widget_api_the_plain_widgets_still_work(chromium, comfy
         assert [p for p in comfy_server.output_files(entry) if p.suffix == ".flac"], entry["outputs"]
         ours = [m for m in ui.console_errors if "acestep" in m.lower()]
         assert ours == [], ours
+
+
+def test_region_picker_on_the_15_repaint_and_extend_nodes(page):
+    """AceStep15Repaint / AceStep15Extend get the same picker (their inputs have v1's names): fed by
+    the graph's VAEEncodeAudio, each draws the LoadAudio song in its mode, and follows its widgets."""
+    ui = page
+    made = ui.evaluate("""(encode) => {
+        const graph = window.app.graph, from = graph.getNodeById(encode), ids = [];
+        for (const [i, kind] of ['AceStep15Repaint', 'AceStep15Extend'].entries()) {
+            const n = LiteGraph.createNode(kind);
+            n.pos = [1300 + 40 * i, 700 + 40 * i];
+            graph.add(n);
+            from.connect(0, n, n.inputs.findIndex(i => i.name === 'samples'));
+            ids.push(n.id);
+        }
+        return ids;
+    }""", ENCODE)
+    try:
+        states = """(ids) => ids.map(id => { const n = window.app.graph.getNodeById(id);
+            const w = n.widgets.find(w => w.name === 'acestep_waveform');
+            return w ? {...w.element.dataset} : null; })"""
+        ui.page.wait_for_function(f"({states})({json.dumps(made)}).every(d => d && d.state === 'ready')",
+                                  timeout=60_000)
+        repaint, extend = ui.evaluate(states, made)
+        assert (repaint["mode"], extend["mode"]) == ("repaint", "extend")
+        assert float(repaint["duration"]) == pytest.approx(SONG_SECONDS, abs=1e-3)
+        assert float(extend["duration"]) == pytest.approx(SONG_SECONDS, abs=1e-3)
+        set_widget = """([id, name, value]) => { const w = window.app.graph.getNodeById(id).widgets
+            .find(w => w.name === name); w.value = value; w.callback?.(value); }"""
+        dataset = """([id, key]) => window.app.graph.getNodeById(id).widgets
+            .find(w => w.name === 'acestep_waveform').element.dataset[key]"""
+        ui.evaluate(set_widget, [made[1], "right_seconds", 8.0])       # the view makes room: 1.15 x 8 s after
+        ui.page.wait_for_function(f"() => ({dataset})([{made[1]}, 'view']) === JSON.stringify([-9.2, "
+                                  f"{SONG_SECONDS} + 9.2])", timeout=10_000)
+        ui.evaluate(set_widget, [made[0], "end_seconds", SONG_SECONDS + 1.0])
+        ui.page.wait_for_function(f"() => ({dataset})([{made[0]}, 'problem']) === 'ends-after-the-song'",
+                                  timeout=10_000)
+        ui.evaluate(set_widget, [made[0], "start_seconds", SONG_SECONDS + 2.0])
+        ui.page.wait_for_function(f"() => ({dataset})([{made[0]}, 'problem']) === 'start-after-end'",
+                                  timeout=10_000)
+    finally:
+        ui.evaluate("(ids) => ids.forEach(id => window.app.graph.remove(window.app.graph.getNodeById(id)))", made)
