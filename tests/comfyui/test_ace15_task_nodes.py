@@ -29,7 +29,7 @@ def env():
     import comfy.utils
     comfy.utils.PROGRESS_BAR_ENABLED = False
     out = {"nodes": comfy_nodes_module()}
-    out.update(comfy_extras("nodes_audio"))
+    out.update(comfy_extras("nodes_audio", "nodes_custom_sampler"))
     pack_module()
     for name in ("loaders", "ace15_bridge", "ace15_tasks", "tasks"):
         out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
@@ -224,6 +224,32 @@ def test_repaint_keeps_every_frame_outside_the_region(env, loaded):
     assert (done[..., 25:62] - source[..., 25:62]).abs().max() > 1e-2
     # Without the restore step the sampler's float rounding may leave tiny differences, never more.
     assert (out["samples"][..., 62:] - source[..., 62:]).abs().max() < 1e-4
+
+
+def test_repaint_through_sampler_custom_advanced_with_a_batch_of_two(env, loaded):
+    """SamplerCustomAdvanced (RandomNoise, CFGGuider at cfg 2, euler, simple) samples a repaint of a
+    two-song batch; each song keeps every frame outside the region."""
+    custom = env["nodes_custom_sampler"]
+
+    def result(node_output):
+        return node_output.result if hasattr(node_output, "result") else node_output
+
+    model, clip, _ = loaded
+    samples = _source(140, seed=10, batch=2)
+    positive, negative, latent = _run(env, "AceStep15Repaint", model, clip, samples, (2.0, 3.0))
+    assert positive[0][1]["acestep15_src_latents"].shape == (2, 64, 140)
+    (guider,) = result(custom.CFGGuider.execute(model, positive, negative, 2.0))
+    (sampler,) = result(custom.KSamplerSelect.execute("euler"))
+    (sigmas,) = result(custom.BasicScheduler.execute(model, "simple", 3, 1.0))
+    (noise,) = result(custom.RandomNoise.execute(4))
+    out, _ = result(custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent))
+    done = _restore(env, out)["samples"]
+    source = samples["samples"]
+    assert done.shape == (2, 64, 140) and torch.isfinite(done).all()
+    outside = torch.ones(140, dtype=torch.bool)
+    outside[50:75] = False
+    assert (done[..., outside] - source[..., outside]).abs().max().item() == 0.0
+    assert (done[..., 50:75] - source[..., 50:75]).abs().amax(dim=(1, 2)).min() > 1e-2
 
 
 def test_repaint_past_the_end_of_the_song_stops_at_its_end(env, loaded, caplog):
