@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
+import requests
 
 from comfyui_harness import REPO, ComfyServer, make_tiny_checkpoint
 
 TINY_SINGLE_FILE = "acestep_tiny_RANDOM_WEIGHTS_demo.safetensors"
 TINY_FOLDERS = "acestep_tiny_RANDOM_WEIGHTS_folders"
+SCREEN = (1600, 900)      # the browser window of the workflow tests (README screenshots)
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,27 @@ def readme_images(artifacts_dir) -> Path:
     path = artifacts_dir / "readme-images"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def quiet_canvas(comfy_server):
+    """Screenshots without the minimap and the fps counter (it changes from run to run), and no
+    workflow restored when the page reloads (Comfy.Workflow.Persist: frontend 1.43 restored the
+    previous test's workflow after a reload, sometimes after the next file was dropped, and Run then
+    queued that one); the server's settings are put back afterwards (the server is shared by the
+    session)."""
+    changes = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False, "Comfy.Workflow.Persist": False}
+    before = requests.get(comfy_server.url + "/settings", timeout=30).json()
+    requests.post(comfy_server.url + "/settings", json=changes, timeout=30).raise_for_status()
+    yield
+    restore = {key: before.get(key, True) for key in changes}   # all default to True
+    requests.post(comfy_server.url + "/settings", json=restore, timeout=30).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def ui(comfy_server, quiet_canvas):
+    """One headless Chromium page on the server's frontend, shared by the workflow test modules
+    (test_workflows.py, test_workflows_v15.py: starting a browser costs 15-20 s); each test reloads
+    it (test_workflows.fresh)."""
+    with comfy_server.browser(*SCREEN) as page:
+        yield page

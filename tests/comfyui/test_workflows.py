@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import soundfile
 
 from comfyui_harness import REPO, ComfyServer
@@ -41,7 +40,6 @@ SAMPLE_RATE = 44100
 SAMPLES_PER_FRAME = 4096          # one latent frame of the music DCAE + vocoder: 8 * 512 samples
 WORKFLOWS_DIR = REPO / "workflows"
 PACK_FOLDER = "comfyui-acestep"   # the pack's folder name in custom_nodes/ (comfyui_harness.PACK_NAME)
-SCREEN = (1600, 900)
 
 # How far the runs are shrunk. The canvas runs take one step more than the API runs so that
 # ComfyUI's cache cannot hand one of them the other's results.
@@ -208,25 +206,6 @@ def tiny_edits(tiny_checkpoints, input_audio, tiny_lora):
     def make(seconds, steps):
         return edits(tiny_checkpoints["comfyui"], input_audio[0], tiny_lora, seconds, steps)
     return {"api": make(**API_EDIT), "canvas": make(**CANVAS_EDIT)}
-
-
-@pytest.fixture(scope="module")
-def quiet_canvas(comfy_server):
-    """Screenshots without the minimap and the fps counter (it changes from run to run); the
-    server's settings are put back afterwards (the server is shared by the session)."""
-    changes = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
-    before = requests.get(comfy_server.url + "/settings", timeout=30).json()
-    requests.post(comfy_server.url + "/settings", json=changes, timeout=30).raise_for_status()
-    yield
-    restore = {key: before.get(key, True) for key in changes}   # both default to True
-    requests.post(comfy_server.url + "/settings", json=restore, timeout=30).raise_for_status()
-
-
-@pytest.fixture(scope="module")
-def ui(comfy_server, quiet_canvas):
-    """One headless Chromium page on the server's frontend for the module (reloaded per use)."""
-    with comfy_server.browser(*SCREEN) as page:
-        yield page
 
 
 def fresh(ui):

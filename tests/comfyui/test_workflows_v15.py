@@ -28,10 +28,7 @@ import pytest
 from comfyui_harness import ComfyServer
 
 from .test_workflows import (GENERATOR, WORKFLOWS_DIR, audio_outputs, declared_inputs, edited, executed_nodes,
-                             fresh, nodes_of, quiet_canvas, read_audio, set_widgets, ui, update_screenshot,
-                             write_test_song)
-
-__all__ = ["quiet_canvas", "ui"]    # module fixtures shared with test_workflows.py (one browser per module)
+                             fresh, nodes_of, read_audio, set_widgets, update_screenshot, write_test_song)
 
 V15_NAMES = list(GENERATOR.V15_WORKFLOWS)
 SECONDS = 2.0
