@@ -430,6 +430,17 @@ def test_edit_rejects_empty_latent_and_bad_range(env, loaded, conds):
         env["edit"].AceStepEdit().get_guider(loaded[0], positive, positive, "custom", CFG, 0.8, 0.2, 1, "apg")
 
 
+def test_edit_rejects_ace15_latents_and_conditioning_on_v1(env, loaded, conds):
+    positive, _ = conds
+    with pytest.raises(ValueError, match=r"MODEL is ACE-Step v1, whose latents are \[batch, 8, 16, frames\].*"
+                                         r"\[1, 64, 30\]"):
+        _edit(env, loaded[0], positive, positive, "only_lyrics", latent={"samples": torch.randn(1, 64, 30)})
+    ace15_conditioning = [[torch.zeros(1, 5, 1024), {"conditioning_lyrics": torch.zeros(1, 7, 1024)}]]
+    with pytest.raises(ValueError, match="AceStepEdit: the source conditioning comes from the ACE-Step 1.5 text "
+                                         "encoder, but the MODEL is ACE-Step v1"):
+        env["edit"].AceStepEdit().get_guider(loaded[0], ace15_conditioning, positive, "full", CFG, 0, 1, 1, "apg")
+
+
 # =============================================================================================
 # Guidance
 # =============================================================================================
