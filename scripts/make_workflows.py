@@ -582,8 +582,8 @@ def v15_graph(name: str, loader: dict, text: dict, steps: int, cfg: float, extra
         SEED_ID: node("PrimitiveInt", value=SEED, control_after_generate="fixed"),
         6: node("EmptyAceStep1.5LatentAudio", seconds=link(SECONDS_ID), batch_size=1),
         7: node("ModelSamplingAuraFlow", model=link(LOADER, 0), shift=V15_SHIFT),
-        8: node("KSampler", model=link(7), seed=link(SEED_ID), control_after_generate="fixed", steps=steps, cfg=cfg, sampler_name=SAMPLER,
-                scheduler=SCHEDULER, positive=link(positive), negative=link(NEGATIVE), latent_image=link(6),
+        8: node("KSampler", model=link(7), seed=link(SEED_ID), control_after_generate="fixed", steps=steps, cfg=cfg,
+                sampler_name=SAMPLER, scheduler=SCHEDULER, positive=link(positive), negative=link(NEGATIVE), latent_image=link(6),
                 denoise=1.0),
         **decode_and_save(9, link(8), name),
         **(extra or {}),
@@ -631,7 +631,8 @@ def reference_timbre_v15() -> dict:
     extra = {11: node("LoadAudio", audio=INPUT_AUDIO),
              12: node("VAEEncodeAudio", audio=link(11), vae=link(LOADER, 2)),
              13: node("ReferenceTimbreAudio", conditioning=link(TEXT), latent=link(12))}
-    api = v15_graph("reference_timbre_v15", v15_aio_loader(), v15_text(REFERENCE_TAGS, REFERENCE_LYRICS, codes=False, bpm=96),
+    api = v15_graph("reference_timbre_v15", v15_aio_loader(),
+                    v15_text(REFERENCE_TAGS, REFERENCE_LYRICS, codes=False, bpm=96),
                     V15_TURBO_STEPS, V15_TURBO_CFG, extra, positive=13, negative_of=13)
     columns = [[LOADER_BOX, (11, 440, 140), V15_NOTE_BOX], [V15_TEXT_BOX, (12, 300, 50), (13, 300, 60), NEGATIVE_BOX],
                [(SECONDS_ID, 300, 60), (SEED_ID, 300, 80), (6, 300, 60), (7, 300, 60)],

@@ -100,3 +100,24 @@ def test_cli_wrong_mix_names_each_file(tiny_ckpt, tmp_path):
     proc = _cli("generate", "--checkpoint", str(dit), str(tiny_ckpt), "--out", str(tmp_path / "x.wav"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{dit}: ACE-Step 1.5 DiT" in proc.stderr and f"{tiny_ckpt}: ACE-Step v1 (3.5B) checkpoint" in proc.stderr
+
+
+def test_cli_make_tiny_15_aio_with_planner_into_an_existing_models_folder(tmp_path):
+    """What the 1.5 workflows' notes tell users to run: --out is ComfyUI's models/checkpoints (a
+    folder that exists), the all-in-one file is written into it with the planner under Comfy-Org's
+    qwen3_2b prefix; a second run keeps the file instead of refusing because the folder exists."""
+    from acestep_core.ace15.loading import inspect_path
+
+    checkpoints = tmp_path / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    args = ("make-tiny", "--generation", "1.5", "--layout", "aio", "--planner", "--out", str(checkpoints))
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    written = checkpoints / "ace_step_1.5_tiny_aio.safetensors"
+    kinds = {part.kind: part.source.prefix for part in inspect_path(written).parts}
+    assert kinds == {"dit": "model.diffusion_model.", "vae": "vae.",
+                     "text_encoder": "text_encoders.qwen3_06b.transformer.",
+                     "planner": "text_encoders.qwen3_2b.transformer."}
+    before = written.stat().st_mtime_ns
+    again = _cli(*args)
+    assert again.returncode == 0 and "keeping it" in again.stderr and written.stat().st_mtime_ns == before
