@@ -44,6 +44,24 @@ def tiny_checkpoints(comfy_server, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def tiny15(comfy_server, tmp_path_factory) -> dict[str, str]:
+    """Tiny ACE-Step 1.5 models in the session server's model folders (one set for every test
+    module, so no two modules link different files under one name), by widget value: the
+    all-in-one file and the split files, each with a tiny planner, same weights (same seed)."""
+    from acestep_core.ace15.tiny import write_tiny_ace15
+
+    folder = tmp_path_factory.mktemp("ace15-tiny")
+    aio = write_tiny_ace15(folder / "aio", "aio", planner=True)["checkpoint"]
+    split = write_tiny_ace15(folder / "split", "split", planner=True)
+    comfy_server.add_model("checkpoints", aio)
+    for role, kind in (("dit", "diffusion_models"), ("text_encoder", "text_encoders"), ("planner", "text_encoders"),
+                       ("vae", "vae")):
+        comfy_server.add_model(kind, split[role])
+    return {"aio": aio.name, "dit": split["dit"].name, "text_encoder": split["text_encoder"].name,
+            "planner": split["planner"].name, "vae": split["vae"].name}
+
+
+@pytest.fixture(scope="session")
 def artifacts_dir(tmp_path_factory) -> Path:
     """Screenshots and audio that a person may want to look at: a temporary folder (tests write
     nothing into the repository), or ACESTEP_ARTIFACTS_DIR when set."""

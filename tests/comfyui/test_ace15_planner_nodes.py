@@ -309,16 +309,7 @@ def _plan_graph(sampler_seed: int) -> dict:
     }
 
 
-def test_plan_once_sample_twice_in_the_server(comfy_server, tmp_path):
-    from acestep_core.ace15.tiny import write_tiny_ace15
-    files = write_tiny_ace15(tmp_path, "split", planner=True)
-    for role, kind in (("dit", "diffusion_models"), ("text_encoder", "text_encoders"), ("planner", "text_encoders"),
-                       ("vae", "vae")):
-        folder = comfy_server.base_dir / "models" / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        link = folder / files[role].name
-        if not link.exists():
-            link.symlink_to(files[role])
+def test_plan_once_sample_twice_in_the_server(comfy_server, tiny15, tmp_path):
     info = comfy_server.object_info("AceStepPlanner")
     assert info["output"] == ["ACESTEP_AUDIO_CODES", "STRING", "FLOAT"]
     assert info["input"]["required"]["keyscale"][0][0] == "auto"

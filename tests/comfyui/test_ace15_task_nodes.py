@@ -476,16 +476,15 @@ def _task_graph(audio: str, node_id: str, widgets: dict, checkpoint: str) -> dic
     }
 
 
-def test_tasks_run_in_the_server_and_bad_input_is_reported(comfy_server, tmp_path):
+def test_tasks_run_in_the_server_and_bad_input_is_reported(comfy_server, tiny15, tmp_path):
     """LoadAudio (1 s mono 8 kHz) -> VAEEncodeAudio -> task node -> KSampler -> AceStep15RestoreSource ->
     VAEDecodeAudio -> SaveAudio runs for repaint and extend; a region outside the song is an
     execution error naming the node and the problem, and the server runs the next prompt."""
     import soundfile
-    from acestep_core.ace15.tiny import write_tiny_ace15
 
     from comfyui_harness import WorkflowError
 
-    checkpoint = comfy_server.add_checkpoint(write_tiny_ace15(tmp_path, "aio")["checkpoint"]).name
+    checkpoint = tiny15["aio"]
     wav = tmp_path / "mono_8k.wav"
     soundfile.write(str(wav), (0.2 * torch.randn(8000, generator=torch.Generator().manual_seed(0))).numpy(), 8000,
                     subtype="PCM_16")

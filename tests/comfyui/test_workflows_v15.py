@@ -41,21 +41,7 @@ TINY_SPLIT_DIT = "acestep_v1.5_tiny.safetensors"
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny15(comfy_server: ComfyServer, tmp_path_factory) -> dict[str, str]:
-    """Tiny 1.5 models in the server's model folders, by widget: the all-in-one file (with a planner)
-    and the split files (with a planner). Same weights in both (same seed)."""
-    from acestep_core.ace15.tiny import write_tiny_ace15
-
-    folder = tmp_path_factory.mktemp("ace15-tiny")
-    aio = write_tiny_ace15(folder / "aio", "aio", planner=True)["checkpoint"]
-    split = write_tiny_ace15(folder / "split", "split", planner=True)
-    comfy_server.add_model("checkpoints", aio)
-    for role, kind in (("dit", "diffusion_models"), ("text_encoder", "text_encoders"), ("planner", "text_encoders"),
-                       ("vae", "vae")):
-        comfy_server.add_model(kind, split[role])
-    return {"aio": aio.name, "dit": split["dit"].name, "text_encoder": split["text_encoder"].name,
-            "planner": split["planner"].name, "vae": split["vae"].name}
+# tiny15: the session's tiny 1.5 models (tests/comfyui/conftest.py)
 
 
 @pytest.fixture(scope="module")
