@@ -275,12 +275,26 @@ def run_case(handler_module, masks_module, silence, name, spec):
     return record
 
 
+def module_from(source: str, name: str, namespace: dict):
+    """``source`` imported as a module from a temporary file (outside the repository), with
+    ``namespace`` (e.g. ``torch``) in its globals before it runs."""
+    import importlib.util
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="ace15_reference_"))
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"ace15_reference_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__.update(namespace)
+    spec.loader.exec_module(module)
+    return module
+
+
 def function_from(source: str, name: str, namespace: dict):
-    """One top-level function of a source file, compiled alone (its module imports heavy packages)."""
+    """One top-level function of a source file, imported alone (its module imports heavy packages)."""
     tree = ast.parse(source)
     node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-    exec(compile(ast.Module(body=[node], type_ignores=[]), name, "exec"), namespace)
-    return namespace[name]
+    return getattr(module_from(ast.unparse(ast.Module(body=[node], type_ignores=[])), name, namespace), name)
 
 
 def repaint_sampling(upstream: str):
@@ -296,8 +310,7 @@ def repaint_sampling(upstream: str):
     blend = function_from(model_file, "_repaint_boundary_blend", ns)
     base_inject = function_from(base_file, "_repaint_step_injection", {"torch": torch})
     base_blend = function_from(base_file, "_repaint_boundary_blend", {"torch": torch})
-    handler_ns = {"torch": torch}
-    exec(compile(helpers, "repaint_step_injection.py", "exec"), handler_ns)
+    handler_ns = vars(module_from(helpers, "repaint_step_injection", {"torch": torch}))
     resolve = function_from(music, "_resolve_repaint_config", {})
 
     gen = torch.Generator().manual_seed(0)
