@@ -143,3 +143,29 @@ def test_cast_weight_bias_serves_from_layer_or_moves_parameters():
     assert ops.cast_like(table, x).dtype == torch.float32
     same = torch.ones(2)
     assert ops.cast_like(same, x) is same
+
+
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape_in", [(1, 384), (2, 384), (3, 7, 384), (40, 384)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_upcast_is_bit_equal_to_casting_the_whole_weight(monkeypatch, wdtype, shape_in, with_bias):
+    """The blockwise cast visits output rows in blocks and nothing else: every element equals
+    F.linear on the whole float32 copy, bit for bit (several blocks and a ragged last one)."""
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(1000, 384, generator=g) * 0.05).to(wdtype)
+    bias = (torch.randn(1000, generator=g) * 0.1).to(wdtype) if with_bias else None
+    x = torch.randn(*shape_in, generator=g)
+    monkeypatch.setattr(ops, "UPCAST_BLOCK_BYTES", 64 * 384 * 4)   # 64-row blocks: 16 blocks, last one 40 rows
+    expected = nn.functional.linear(x, weight.float(), None if bias is None else bias.float())
+    got = ops.linear_upcast(x, weight, bias)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert torch.equal(got, expected)
+
+
+def test_linear_upcast_takes_the_plain_path_for_many_rows_and_equal_dtypes():
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(48, 32, generator=g).bfloat16()
+    x = torch.randn(ops.UPCAST_MAX_ROWS_OF_INPUT + 1, 32, generator=g)
+    assert torch.equal(ops.linear_upcast(x, weight), nn.functional.linear(x, weight.float()))
+    same = torch.randn(3, 32, generator=g).bfloat16()
+    assert torch.equal(ops.linear_upcast(same, weight), nn.functional.linear(same, weight))
