@@ -77,6 +77,21 @@ def cast_weight_bias(layer: nn.Module, like: torch.Tensor, dtype: torch.dtype | 
     return weight, bias
 
 
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight.flatten(1), bias)`` with ``layer``'s weight and bias as
+    :func:`cast_weight_bias` gives them in ``x``'s dtype: a 1x1 or patch conv read as a matrix
+    product. A layer may serve it itself (``acestep_linear(x)``, the pack's ComfyUI operations
+    do); one that serves only ``acestep_cast_weight_bias`` is read through it; a plain layer's
+    weight stored narrower than ``x`` goes through :func:`linear_upcast`."""
+    served = getattr(layer, "acestep_linear", None)
+    if served is not None:
+        return served(x)
+    if getattr(layer, "acestep_cast_weight_bias", None) is not None:
+        weight, bias = cast_weight_bias(layer, x)
+        return torch.nn.functional.linear(x, weight.flatten(1), bias)
+    return linear_upcast(x, layer.weight.flatten(1), getattr(layer, "bias", None))
+
+
 def cast_like(tensor: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``tensor`` on ``like``'s device in ``dtype`` (default: ``like``'s); the tensor itself, not a
     copy, when it is already there."""
@@ -91,6 +106,13 @@ CPU's caches between the cast and the product (measured on a 2-core EPYC: 2-4 Mi
 UPCAST_MAX_ROWS_OF_INPUT = 256
 """Above this many input rows the product is bound by arithmetic, not by reading the weight, and
 one whole cast costs little beside it: :func:`linear_upcast` then casts the weight whole."""
+
+UPCAST_MIN_ROWS_OF_INPUT = 8
+"""Below this many input rows MKL's matrix product takes a kernel whose sums depend on the number
+of output columns (measured with torch 2.9 / MKL 2024.2 on an AVX2 EPYC, any thread count: 1, 2,
+3, 5, 6 and 7 rows with K >= 768 differ from the whole product in the last bit, 4 and 8 or more
+never): :func:`linear_upcast` then casts the weight whole, so it stays bit-equal. Such products
+(timestep embeddings, a batch's single rows) read few weights."""
 
 _upcast_scratch: dict = {}
 
@@ -118,8 +140,11 @@ def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     product's (``tests/test_ops.py`` checks bit equality), only the rows are visited in blocks.
     """
     compute = x.dtype
-    if (weight.dtype == compute or x.device.type != "cpu" or weight.device != x.device
-            or x.numel() // max(1, x.shape[-1]) > UPCAST_MAX_ROWS_OF_INPUT):
+    rows_of_input = x.numel() // max(1, x.shape[-1])
+    # A strided x (a transposed activation) would be copied here, while F.linear hands its
+    # strides to a product kernel that sums in another order: the whole cast keeps the numbers.
+    if (weight.dtype == compute or x.device.type != "cpu" or weight.device != x.device or not x.is_contiguous()
+            or not UPCAST_MIN_ROWS_OF_INPUT <= rows_of_input <= UPCAST_MAX_ROWS_OF_INPUT):
         w = weight.to(device=x.device, dtype=compute)
         b = None if bias is None else bias.to(device=x.device, dtype=compute)
         return torch.nn.functional.linear(x, w, b)

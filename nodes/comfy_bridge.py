@@ -29,8 +29,8 @@ them as on ComfyUI's:
 ComfyUI internals this module relies on (tests/comfyui/test_comfy_internals.py checks each one
 and names it when a ComfyUI release moves it):
 
-  comfy.ops: pick_operations, cast_bias_weight, CastWeightBiasOp, the layer classes'
-      comfy_cast_weights / weight_function / bias_function;
+  comfy.ops: pick_operations, cast_bias_weight, CastWeightBiasOp, run_every_op, the layer classes'
+      comfy_cast_weights / weight_function / bias_function (and ``_v``, 0.20's dynamic VRAM);
   comfy.patcher_extension: WrapperExecutor.new_class_executor, get_all_wrappers, WrappersMP.DIFFUSION_MODEL;
   comfy.model_base: BaseModel.__init__(model_config, model_type, device, unet_model), ModelType.FLOW,
       BaseModel.extra_conds, ACEStep (LoRA key mapping in comfy/lora.py);
@@ -64,6 +64,7 @@ import comfy.sd
 import comfy.supported_models_base
 import comfy.utils
 
+from acestep_core import ops as layer_ops
 from acestep_core.codec import (CPU_WINDOW_BUDGET, CUDA_FREE_MEMORY_SHARE, DECODE_BYTES_PER_FRAME,
                                 DEFAULT_OVERLAP_FRAMES, window_frames_for_budget)
 from acestep_core.constants import AUDIO_CHANNELS, LATENT_CHANNELS, LATENT_HEIGHT, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -83,6 +84,8 @@ MEMORY_USAGE_FACTOR = 0.5        # ComfyUI's value for ACE-Step's transformer (s
 _LAYER_NAMES = ("Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "LayerNorm", "GroupNorm",
                 "Embedding", "RMSNorm")
 _OPERATIONS: dict[type, type] = {}
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)       # not a quantised / GGUF tensor subclass
+_NARROW_WEIGHTS = (torch.bfloat16, torch.float16)
 
 
 def _acestep_cast_weight_bias(layer, like: torch.Tensor, dtype: torch.dtype):
@@ -96,11 +99,49 @@ def _acestep_cast_weight_bias(layer, like: torch.Tensor, dtype: torch.dtype):
     return layer.weight, getattr(layer, "bias", None)
 
 
+def _upcasts_in_blocks(layer, x) -> bool:
+    """Whether ``layer``'s manual-cast product on ``x`` may run as ``acestep_core.ops.linear_upcast``
+    (the same numbers as ``comfy.ops.cast_bias_weight`` then ``F.linear``, without a float32 copy of
+    the whole weight): on the CPU, a layer ComfyUI marked for casting whose plain 16-bit weight is
+    already on ``x``'s device, narrower than ``x``, with nothing to apply on the way (no LoRA /
+    weight patches pending in ``weight_function`` / ``bias_function``, no dynamic-VRAM buffer
+    ``_v`` of ComfyUI 0.20's offloading). Anything else goes through ComfyUI's own path."""
+    weight, bias = layer.weight, getattr(layer, "bias", None)
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
+            and layer.comfy_cast_weights and not layer.weight_function and not layer.bias_function
+            and not hasattr(layer, "_v")
+            and type(weight) in _PLAIN_TENSORS and weight.dtype in _NARROW_WEIGHTS and weight.device == x.device
+            and (bias is None or (type(bias) in _PLAIN_TENSORS and bias.device == x.device)))
+
+
+
+def _acestep_linear(layer, x: torch.Tensor) -> torch.Tensor:
+    """``acestep_core.ops.linear``: ``F.linear(x, weight.flatten(1), bias)`` with the weight and
+    bias as the layer's own forward would use them (a 1x1 or patch conv read as a matrix product)."""
+    if _upcasts_in_blocks(layer, x):
+        return layer_ops.linear_upcast(x, layer.weight.flatten(1), layer.bias)
+    weight, bias = _acestep_cast_weight_bias(layer, x, x.dtype)
+    return torch.nn.functional.linear(x, weight.flatten(1), bias)
+
+
+def _linear_forward_with_upcast(base: type):
+    """``forward`` of a ComfyUI Linear class that computes manual-cast products on the CPU through
+    ``linear_upcast`` when :func:`_upcasts_in_blocks` allows, else ``base.forward`` unchanged."""
+    def forward(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and _upcasts_in_blocks(self, args[0]):
+            comfy.ops.run_every_op()        # what base.forward does first (interrupt check)
+            return layer_ops.linear_upcast(args[0], self.weight, self.bias)
+        return base.forward(self, *args, **kwargs)
+    return forward
+
+
 def with_cast_weight_bias(operations: type) -> type:
     """``operations`` (a ``comfy.ops`` namespace class) with each layer class extended by
-    ``acestep_cast_weight_bias``: a subclass per layer, nothing else changed, cached so a class is
-    made once per namespace. Namespaces from other packs (e.g. GGUF's ``custom_operations``) get
-    the same: their layers' own casting is reached through ``comfy.ops.cast_bias_weight``."""
+    ``acestep_cast_weight_bias`` and ``acestep_linear`` (the core's fast paths), and Linear's
+    forward by the CPU block upcast (:func:`_linear_forward_with_upcast`): a subclass per layer,
+    nothing else changed, cached so a class is made once per namespace. Namespaces from other
+    packs (e.g. GGUF's ``custom_operations``) get the same: their layers' own casting is reached
+    through ``comfy.ops.cast_bias_weight``, and their tensor subclasses never take the upcast."""
     cached = _OPERATIONS.get(operations)
     if cached is not None:
         return cached
@@ -109,9 +150,11 @@ def with_cast_weight_bias(operations: type) -> type:
         base = getattr(operations, name, None)
         if base is None or not issubclass(base, comfy.ops.CastWeightBiasOp):
             continue
-        layers[name] = type(base.__name__, (base,), {"acestep_cast_weight_bias": _acestep_cast_weight_bias,
-                                                    "__module__": __name__,
-                                                    "__qualname__": f"{operations.__name__}.{name}"})
+        members = {"acestep_cast_weight_bias": _acestep_cast_weight_bias, "acestep_linear": _acestep_linear,
+                   "__module__": __name__, "__qualname__": f"{operations.__name__}.{name}"}
+        if name == "Linear":
+            members["forward"] = _linear_forward_with_upcast(base)
+        layers[name] = type(base.__name__, (base,), members)
     cached = type(operations.__name__, (operations,), dict(layers, __module__=__name__))
     _OPERATIONS[operations] = cached
     return cached

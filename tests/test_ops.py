@@ -162,6 +162,18 @@ def test_linear_upcast_is_bit_equal_to_casting_the_whole_weight(monkeypatch, wdt
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7, 8, 33])
+@pytest.mark.parametrize("strided", [False, True])
+def test_linear_upcast_is_bit_equal_at_the_real_width(rows, strided):
+    """At the real model's width (K = 2560) a product of 1-7 rows takes a kernel whose sums
+    depend on the number of output columns, and a strided input another one: linear_upcast still
+    equals F.linear on the whole float32 copy bit for bit (it casts whole there)."""
+    g = torch.Generator().manual_seed(2)
+    weight = (torch.randn(3000, 2560, generator=g) * 0.02).bfloat16()
+    x = torch.randn(2560, rows, generator=g).t() if strided else torch.randn(rows, 2560, generator=g)
+    assert torch.equal(ops.linear_upcast(x, weight), nn.functional.linear(x, weight.float()))
+
+
 def test_linear_upcast_takes_the_plain_path_for_many_rows_and_equal_dtypes():
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(48, 32, generator=g).bfloat16()

@@ -93,8 +93,7 @@ class GLUConvFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inverted, depth, point = self.inverted_conv["conv"], self.depth_conv["conv"], self.point_conv["conv"]
-        weight, bias = layer_ops.cast_weight_bias(inverted, x)
-        h = F.silu(F.linear(x, weight.squeeze(-1), bias), inplace=True)                  # [B, T, 2H]
+        h = F.silu(layer_ops.linear(inverted, x), inplace=True)                           # [B, T, 2H]
         batch, frames, width = h.shape
         hidden = width // 2
         taps, bias = layer_ops.cast_weight_bias(depth, h, torch.float32)
@@ -109,8 +108,7 @@ class GLUConvFeedForward(nn.Module):
             gated[..., start:stop] = value.mul_(F.silu(gate, inplace=True))
             del value, gate     # before the next block's are made
         del h
-        weight, _ = layer_ops.cast_weight_bias(point, gated)
-        return F.linear(gated, weight.squeeze(-1))                                          # [B, T, C]
+        return layer_ops.linear(point, gated)                                               # [B, T, C]
 
 
 def _depthwise3(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -187,17 +185,15 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         patchify, norm, project = self.early_conv_layers
-        (ph, pw), hidden = patchify.stride, patchify.out_channels
+        ph, pw = patchify.stride
         # The patch conv (kernel = stride) as a matrix product on the patches laid out as rows in
         # the weight's (channel, row, column) order: a CPU bf16 convolution with this kernel
         # allocates a scratch buffer a hundred times the size of its output.
         patches = x.unfold(2, ph, ph).unfold(3, pw, pw)                       # [B, C, H/ph, W/pw, ph, pw]
         patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)  # [B, S, C * ph * pw]
-        weight, bias = layer_ops.cast_weight_bias(patchify, patches)
-        h = F.linear(patches, weight.reshape(hidden, -1), bias)               # [B, S, hidden]
+        h = layer_ops.linear(patchify, patches)                               # [B, S, hidden]
         h = norm(h.transpose(1, 2)).transpose(1, 2)                           # GroupNorm wants channels first
-        weight, bias = layer_ops.cast_weight_bias(project, h)
-        return F.linear(h, weight.flatten(1), bias)                           # the 1x1 conv, on [B, S, .]
+        return layer_ops.linear(project, h)                                   # the 1x1 conv, on [B, S, .]
 
 
 class FinalLayer(nn.Module):

@@ -936,3 +936,94 @@ def test_16bit_checkpoint_held_in_16bit_samples_like_float32(comfy_env, pack, mo
     finally:
         (ckpts / "tiny_bf16.safetensors").unlink()
         (ckpts / "tiny_bf16_as_fp32.safetensors").unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Manual-cast products on the CPU through acestep_core.ops.linear_upcast
+# ---------------------------------------------------------------------------------------------
+def _manual_cast_pair(pack, cls_name, *args, weight_dtype=torch.bfloat16, bias=True, seed=0):
+    """(ComfyUI's comfy.ops.manual_cast layer, the pack's layer of the same operations), same
+    16-bit weights."""
+    import comfy.ops
+    theirs = getattr(comfy.ops.manual_cast, cls_name)(*args, bias=bias, dtype=weight_dtype)
+    ours = getattr(pack["bridge"].with_cast_weight_bias(comfy.ops.manual_cast), cls_name)(
+        *args, bias=bias, dtype=weight_dtype)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+            ours.get_parameter(name).copy_(p)
+    return theirs, ours, g
+
+
+@pytest.fixture
+def upcast_calls(monkeypatch):
+    """Counts the calls of acestep_core.ops.linear_upcast (the bridge's block-upcast path)."""
+    from acestep_core import ops
+    calls = []
+    real = ops.linear_upcast
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ops, "linear_upcast", counting)
+    return calls
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [(3,), (2, 33), (1, 300)])     # 300 rows: the whole-cast branch
+def test_linear_upcast_forward_equals_comfyui_manual_cast(pack, upcast_calls, weight_dtype, bias, rows):
+    """The pack's manual-cast Linear on the CPU (16-bit weights, float32 input, no patches) runs
+    through linear_upcast and gives ComfyUI's manual_cast.Linear result bit for bit (its output
+    rows span several cast blocks with a ragged last one)."""
+    from acestep_core import ops
+    features = ops.UPCAST_BLOCK_BYTES // 4 // 100           # about 100 rows per block at this width
+    theirs, ours, g = _manual_cast_pair(pack, "Linear", features, 250, weight_dtype=weight_dtype, bias=bias)
+    x = torch.randn(*rows, features, generator=g)
+    expected, got = theirs(x), ours(x)
+    assert len(upcast_calls) == 1
+    assert got.dtype == torch.float32 and torch.equal(got, expected), (got - expected).abs().max()
+
+
+def test_linear_with_pending_weight_patches_takes_comfyui_path(pack, upcast_calls):
+    """A layer with weight / bias functions pending (a LoRA under ComfyUI's low-VRAM loading) is
+    computed by ComfyUI's own forward: the functions apply and the result is ComfyUI's."""
+    theirs, ours, g = _manual_cast_pair(pack, "Linear", 64, 48)
+    patch = [lambda w: w * 2 + 1]
+    bias_patch = [lambda b: b - 3]
+    for layer in (theirs, ours):
+        layer.weight_function, layer.bias_function = list(patch), list(bias_patch)
+    x = torch.randn(2, 5, 64, generator=g)
+    got = ours(x)
+    assert upcast_calls == []
+    assert torch.equal(got, theirs(x))
+    assert (got - torch.nn.functional.linear(x, theirs.weight.float(), theirs.bias.float())).abs().max() > 1
+
+
+def test_linear_not_marked_for_casting_or_not_narrower_takes_comfyui_path(pack, upcast_calls):
+    """Float32 weights (nothing to upcast) and disable_weight_init layers (no cast at use) never
+    take the block upcast."""
+    import comfy.ops
+    _, wide, g = _manual_cast_pair(pack, "Linear", 64, 48, weight_dtype=torch.float32)
+    plain = pack["bridge"].with_cast_weight_bias(comfy.ops.disable_weight_init).Linear(64, 48, dtype=torch.float32)
+    x = torch.randn(2, 64, generator=g)
+    wide(x), plain(x)
+    assert upcast_calls == []
+
+
+def test_acestep_linear_of_a_1x1_conv(pack, upcast_calls):
+    """acestep_linear (the core's feed-forward fast path) of a manual-cast 1x1 Conv1d with 16-bit
+    weights equals F.linear on ComfyUI's cast weight, through the block upcast; with a weight
+    patch pending it applies the patch through comfy.ops.cast_bias_weight."""
+    import comfy.ops
+    theirs, ours, g = _manual_cast_pair(pack, "Conv1d", 64, 96, 1)
+    x = torch.randn(2, 7, 64, generator=g)
+    weight, bias = comfy.ops.cast_bias_weight(theirs, x)
+    assert torch.equal(ours.acestep_linear(x), torch.nn.functional.linear(x, weight.squeeze(-1), bias))
+    assert len(upcast_calls) == 1
+    ours.weight_function = [lambda w: w * 2]
+    theirs.weight_function = [lambda w: w * 2]
+    weight, bias = comfy.ops.cast_bias_weight(theirs, x)
+    assert torch.equal(ours.acestep_linear(x), torch.nn.functional.linear(x, weight.squeeze(-1), bias))
+    assert len(upcast_calls) == 1

@@ -35,6 +35,7 @@ FUNCTIONS = [
     ("comfy.ops", "pick_operations", ["weight_dtype", "compute_dtype", "load_device"], "choosing layer classes"),
     ("comfy.ops", "cast_bias_weight", ["s", "input", "dtype", "device", "bias_dtype"],
      "the core's fast paths reading offloaded / patched weights"),
+    ("comfy.ops", "run_every_op", [], "the CPU block-upcast Linear forward checks for Cancel as ComfyUI's does"),
     ("comfy.patcher_extension", "WrapperExecutor.new_class_executor", ["original", "class_obj", "wrappers"],
      "running DIFFUSION_MODEL wrappers"),
     ("comfy.patcher_extension", "get_all_wrappers", ["wrapper_type", "transformer_options"], "finding wrappers"),
