@@ -51,6 +51,7 @@ from acestep_core.ace15.text_encoder import CAPTION_TOKEN_LIMIT, caption_prompt,
 
 from .ace15_bridge import Ace15BaseModel, Ace15Tokenizer, _pairs
 from .ace15_nodes import KEYSCALES, LANGUAGES, TIMESIGNATURES, text_encoder_kind
+from .ace15_planner import AUDIO_CODES_TYPE
 from .common import CATEGORY, log, node_errors
 from .notices import warn_user
 
@@ -331,7 +332,7 @@ class AceStep15Cover(_TaskNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return _inputs({
+        spec = _inputs({
             "audio_cover_strength": ("FLOAT", {
                 "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                 "tooltip": "Share of the sampling steps that follow the source (the official audio_cover_strength): "
@@ -342,20 +343,68 @@ class AceStep15Cover(_TaskNode):
                            "scheduler. 0: switch at 'strength' of the noise schedule, which runs ceil(steps * "
                            "strength) cover steps (the same when steps * strength is whole)."}),
         })
+        # Either source: the song's latent, or the planner's codes (AceStepPlanner) in its place.
+        spec["optional"] = {"samples": spec["required"].pop("samples"), "audio_codes": (AUDIO_CODES_TYPE, {
+            "tooltip": "Cover from 5 Hz audio codes instead of a song: AceStepPlanner's audio_codes. The codes are "
+                       "decoded to the DiT's hints as the official app does with given codes; a connected "
+                       "'samples' is then not used."})}
+        return spec
 
-    def execute(self, model, clip, samples, tags, lyrics, audio_cover_strength, sampler_steps, language, bpm,
-                timesignature, keyscale):
+    def execute(self, model, clip, samples=None, tags="", lyrics="", audio_cover_strength=1.0, sampler_steps=0,
+                language="en", bpm=0, timesignature=NOT_SET, keyscale=NOT_SET, audio_codes=None):
         node = "AceStep15Cover"
         check_model(node, model, self.TASK)
-        source = source_latent(node, samples)
         strength = float(audio_cover_strength)
+        hints = None
+        if audio_codes is not None:
+            if samples is not None:
+                warn_user(f"{node}: both a source latent and audio codes are connected; covering the audio codes "
+                          "(the official app also ignores the source audio when codes are given)")
+            source = hints = codes_to_hints(node, model, audio_codes)
+            samples = {"samples": hints, "type": "audio"}
+        elif samples is None:
+            raise ValueError(f"{node}: connect the source song ('samples': VAEEncodeAudio with the ACE-Step 1.5 VAE) "
+                             "or the planner's 'audio_codes' (AceStepPlanner).")
+        else:
+            source = source_latent(node, samples)
         with node_errors(node):
-            cond = t15.build_task_conditioning("cover", _silence(model), source, audio_cover_strength=strength)
+            cond = t15.build_task_conditioning("cover", _silence(model), source, audio_cover_strength=strength,
+                                               from_codes=hints is not None)
             boundary = switch_percent(strength, int(sampler_steps), model.get_model_object("model_sampling"))
             text = dict(_text(tags, lyrics, language, bpm, timesignature, keyscale),
                         duration=int(t15.frames_to_seconds(source.shape[-1])))
             positive, negative = encode_task(node, clip, cond, text, boundary)
+            if hints is not None:
+                # The DiT's 25 Hz hints: the decoded codes padded with the silence latent's first frames
+                # (handler.py _prepare_batch, precomputed_lm_hints_25Hz); only the cover entry reads them.
+                lm_hints = t15.fit_hints(hints, cond.frames, _silence(model))
+                positive = [[e, dict(o, acestep15_lm_hints=lm_hints) if o.get("acestep15_is_covers") else o]
+                            for e, o in positive]
+                negative = [[e, dict(o, acestep15_lm_hints=lm_hints) if o.get("acestep15_is_covers") else o]
+                            for e, o in negative]
         return positive, negative, task_latent(samples, cond, False)
+
+
+def codes_to_hints(node: str, model, plan) -> torch.Tensor:
+    """AceStepPlanner's plan -> the 25 Hz hints ``[1, 64, 5 * codes]`` its codes decode to with
+    the model's own FSQ quantizer and detokenizer (handler.py ``_decode_audio_codes_to_latents``:
+    ``detokenizer(quantizer.get_output_from_indices(codes))``), float32 on the CPU."""
+    codes = getattr(plan, "codes", None)
+    if codes is None:
+        raise ValueError(f"{node}: audio_codes must come from AceStepPlanner, got {type(plan).__name__}.")
+    if not codes:
+        raise ValueError(f"{node}: this plan has no audio codes: AceStepPlanner ran with generate_audio_codes off. "
+                         "Turn it on there, or connect the source song to 'samples' instead.")
+    frames = t15.CODE_WINDOW * len(codes)
+    if frames > t15.MAX_FRAMES:
+        raise ValueError(f"{node}: {len(codes)} audio codes are {frames / 25:g} s; ACE-Step 1.5 covers at most "
+                         f"{t15.MAX_FRAMES // 25} s ({t15.MAX_FRAMES // t15.CODE_WINDOW} codes).")
+    dit = model.model.diffusion_model
+    weight = next(dit.detokenizer.parameters())
+    indices = torch.tensor([list(codes)], dtype=torch.long, device=weight.device).clamp_(0, 63999)
+    with torch.no_grad():
+        hints = dit.hints_from_audio_codes(indices, frames, weight.dtype)
+    return hints.movedim(-1, -2).float().cpu().contiguous()
 
 
 class AceStep15Repaint(_TaskNode):

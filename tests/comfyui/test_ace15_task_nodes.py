@@ -211,6 +211,83 @@ def test_cover_hints_reach_the_dit(env, loaded, monkeypatch):
     torch.testing.assert_close(seen[0][1], expected, rtol=0, atol=0)
 
 
+def _plan(codes):
+    planner = importlib.import_module(f"{PACK}.nodes.ace15_planner")
+    return planner.AudioCodesPlan(codes=tuple(codes), metadata={"duration": len(codes) / 5}, caption=TAGS,
+                                  lyrics=LYRICS)
+
+
+def test_cover_from_planner_codes(env, loaded, monkeypatch):
+    """AceStep15Cover with AceStepPlanner's codes instead of a song: as the official handler with
+    given codes, the source and target latents are the codes' 25 Hz decoding (quantizer indices ->
+    detokenizer, 5 frames per code; padded to 128 frames as every task), is_covers is true, and
+    the DiT's precomputed_lm_hints_25Hz are the decoding padded with the silence latent's first
+    frames; the node's conditioning is build_task_conditioning(from_codes=True) exactly, a
+    connected song is then not used, and the stock KSampler samples it finitely."""
+    from acestep_core.ace15.tasks import build_task_conditioning
+    model, clip, _ = loaded
+    codes = torch.randint(0, 64000, (31,), generator=torch.Generator().manual_seed(4)).tolist()
+    dit = model.model.diffusion_model
+
+    def decode(codes):          # handler.py _decode_audio_codes_to_latents, channels first
+        with torch.no_grad():
+            quantized = dit.tokenizer.quantizer.get_output_from_indices(torch.tensor([codes]), dtype=torch.float32)
+            return dit.detokenizer(quantized).movedim(-1, -2)
+
+    decoded = decode(codes)
+    assert decoded.shape == (1, 64, 155)
+    silence = _silence(model)
+    expected = build_task_conditioning("cover", silence, decoded, from_codes=True)
+
+    node = env["ace15_tasks"].AceStep15Cover()
+    positive, negative, latent = node.execute(model, clip, None, TAGS, LYRICS, 1.0, 0, *META, audio_codes=_plan(codes))
+    options = positive[0][1]
+    assert torch.equal(options["acestep15_src_latents"], expected.src_latents)
+    assert torch.equal(options["acestep15_chunk_masks"], expected.chunk_masks)
+    assert options["acestep15_is_covers"] is True and expected.from_codes
+    assert torch.equal(latent["samples"], expected.target_latents)
+    hints = decoded                                   # 155 frames >= 128: no padding
+    assert torch.equal(options["acestep15_lm_hints"], hints)
+    assert torch.equal(negative[0][1]["acestep15_lm_hints"], hints)
+    # Fewer codes than the 128-frame minimum: the hints are padded with the silence's first frames.
+    short = node.execute(model, clip, None, TAGS, LYRICS, 1.0, 0, *META, audio_codes=_plan(codes[:10]))[0]
+    lm = short[0][1]["acestep15_lm_hints"]
+    assert lm.shape == (1, 64, 128)
+    torch.testing.assert_close(lm[..., :50], decode(codes[:10]), rtol=0, atol=0)
+    assert torch.equal(lm[..., 50:], silence(78))
+    # The codes win over a connected song (as the app ignores src_audio), with a warning.
+    both = node.execute(model, clip, _source(60), TAGS, LYRICS, 1.0, 0, *META, audio_codes=_plan(codes))
+    assert torch.equal(both[0][0][1]["acestep15_src_latents"], expected.src_latents)
+
+    seen = []
+    original = dit.prepare_condition
+
+    def spy(*args, **kwargs):
+        seen.append((args[8], kwargs.get("precomputed_lm_hints_25Hz")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dit, "prepare_condition", spy)
+    out = _restore(env, _ksample(env, model, positive, negative, latent, cfg=2.0))["samples"]
+    assert out.shape == (1, 64, 155) and torch.isfinite(out).all()
+    assert seen and all(flag is True for flag, _ in seen)
+    torch.testing.assert_close(seen[0][1], hints.movedim(-1, -2), rtol=0, atol=0)
+    # With a strength below 1 the text2music steps get no hints (silence source, no cover flag).
+    pos, _, _ = node.execute(model, clip, None, TAGS, LYRICS, 0.5, 4, *META, audio_codes=_plan(codes))
+    assert [o["acestep15_is_covers"] for _, o in pos] == [True, False]
+    assert "acestep15_lm_hints" in pos[0][1] and "acestep15_lm_hints" not in pos[1][1]
+
+
+def test_cover_needs_a_song_or_codes(env, loaded):
+    model, clip, _ = loaded
+    node = env["ace15_tasks"].AceStep15Cover()
+    with pytest.raises(ValueError, match="AceStep15Cover: connect the source song .* or the planner's 'audio_codes'"):
+        node.execute(model, clip, None, TAGS, LYRICS, 1.0, 0, *META)
+    with pytest.raises(ValueError, match="AceStep15Cover: this plan has no audio codes"):
+        node.execute(model, clip, None, TAGS, LYRICS, 1.0, 0, *META, audio_codes=_plan([]))
+    with pytest.raises(ValueError, match="AceStep15Cover: 3001 audio codes are 600.2 s; .*at most 600 s"):
+        node.execute(model, clip, None, TAGS, LYRICS, 1.0, 0, *META, audio_codes=_plan([1] * 3001))
+
+
 def test_repaint_keeps_every_frame_outside_the_region(env, loaded):
     model, clip, _ = loaded
     samples = _source(150, seed=4)
