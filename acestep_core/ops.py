@@ -121,7 +121,10 @@ def _scratch(numel: int, device, dtype) -> torch.Tensor:
     key = (torch.device(device), dtype)
     buf = _upcast_scratch.get(key)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, device=device, dtype=dtype)
+        # a normal tensor even when first needed inside torch.inference_mode: an inference tensor
+        # could not be written to by a later call outside it
+        with torch.inference_mode(False):
+            buf = torch.empty(numel, device=device, dtype=dtype)
         _upcast_scratch[key] = buf
     return buf[:numel]
 

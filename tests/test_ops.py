@@ -181,3 +181,19 @@ def test_linear_upcast_takes_the_plain_path_for_many_rows_and_equal_dtypes():
     assert torch.equal(ops.linear_upcast(x, weight), nn.functional.linear(x, weight.float()))
     same = torch.randn(3, 32, generator=g).bfloat16()
     assert torch.equal(ops.linear_upcast(same, weight), nn.functional.linear(same, weight))
+
+
+def test_linear_upcast_inside_then_outside_inference_mode(monkeypatch):
+    """The scratch buffer first allocated inside torch.inference_mode (the planner generates there)
+    is written again by a call outside it (failed before: 'Inplace update to inference tensor
+    outside InferenceMode')."""
+    monkeypatch.setattr(ops, "_upcast_scratch", {})
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(64, 32, generator=g).bfloat16()
+    x = torch.randn(2, 32, generator=g)
+    expected = nn.functional.linear(x, weight.float())
+    with torch.inference_mode():
+        assert torch.equal(ops.linear_upcast(x, weight), expected)
+    assert torch.equal(ops.linear_upcast(x, weight), expected)
+    with torch.inference_mode():
+        assert torch.equal(ops.linear_upcast(x, weight), expected)
