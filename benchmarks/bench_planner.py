@@ -11,7 +11,10 @@ its own venv's Python), loads the same bf16 ``.safetensors`` (written once to ``
 audio codes for a 60 s song's prompt (cfg 2.0, temperature 0.85, top-p 0.9, seed 0: the node
 defaults). ComfyUI runs as its CLIP loader sets it up on the CPU: the planner held in fp16
 (``model_management.text_encoder_dtype``), ``comfy.ops.manual_cast`` layers computing in float32,
-its ``generate_audio_codes`` loop. Ours keeps the file's bf16 and uses bf16 matrix products.
+its ``generate_audio_codes`` loop. Ours keeps the file's bf16 and runs once per ``--products`` mode
+(default both: ``float32``, ComfyUI's arithmetic and default on the CPU, and ``weight_dtype``, bf16
+products), each in its own subprocess. ``--comfyui-result FILE`` keeps ComfyUI's run (the slow
+side) in FILE and reads it back on later runs of the same weights, tokens and prompt.
 
 Reported per side: load time, prefill (the first token), decode tokens/s, peak RSS while
 generating (VmHWM reset after loading, so the loader's transient copies are not counted; the
@@ -73,7 +76,7 @@ def worker_ours(args, ids):
 
     from acestep_core.ace15.planner import load_planner
     start = time.perf_counter()
-    planner = load_planner(args.weights)
+    planner = load_planner(args.weights, products=args.products)
     load_s = time.perf_counter() - start
     load_peak = _rss_mib("VmHWM")
     _reset_peak()
@@ -81,8 +84,10 @@ def worker_ours(args, ids):
     start = time.perf_counter()
     codes = planner.generate_codes(ids[0], ids[1], args.tokens, progress=lambda d, t: stamps.append(time.perf_counter()),
                                    **SETTINGS)
+    weights_kept = {str(p.dtype) for p in planner.lm.parameters()}
     return dict(codes=codes, load_s=load_s, load_peak_mib=load_peak, stamps=[s - start for s in stamps],
-                peak_mib=_rss_mib("VmHWM"), dtype=str(planner.weight_dtype), threads=torch.get_num_threads())
+                peak_mib=_rss_mib("VmHWM"), dtype=f"{planner.weight_dtype} ({args.products} products)",
+                threads=torch.get_num_threads(), weights_after=sorted(weights_kept))
 
 
 def worker_comfyui(args, ids):
@@ -127,11 +132,18 @@ def summarize(name, result, show=True):
     decode = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
     total = stamps[-1]
     if show:
-        print(f"{name:8s} weights {result['dtype']:15s} load {result['load_s']:6.1f} s (peak {result['load_peak_mib']:7.0f} MiB)"
+        print(f"{name:22s} weights {result['dtype']:32s} load {result['load_s']:6.1f} s (peak {result['load_peak_mib']:7.0f} MiB)"
               f" | first token {prefill:6.2f} s | decode {decode:6.3f} s/token = {1 / decode:7.2f} tokens/s"
               f" | {len(result['codes'])} tokens in {total:6.1f} s = {len(result['codes']) / total:6.2f} tokens/s"
-              f" | peak while generating {result['peak_mib']:7.0f} MiB")
+              f" | peak while generating {result['peak_mib']:7.0f} MiB", flush=True)
     return dict(decode_tps=1 / decode, total_tps=len(result["codes"]) / total, peak=result["peak_mib"])
+
+
+def _load_average():
+    try:
+        return open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        return ["?"] * 3
 
 
 def main():
@@ -141,6 +153,11 @@ def main():
     parser.add_argument("--weights", default=None, help="random bf16 planner file (written if missing)")
     parser.add_argument("--comfyui", default="/work/comfy020/ComfyUI", help="ComfyUI 0.20.1 source tree")
     parser.add_argument("--comfyui-python", default="/work/comfy020/venv/bin/python")
+    parser.add_argument("--products", default="float32,weight_dtype",
+                        help="our planner's matrix-product modes to run, comma-separated (float32, weight_dtype, auto)")
+    parser.add_argument("--comfyui-result", default=None,
+                        help="JSON file of ComfyUI's run: read if it exists (same weights, tokens and prompt), "
+                             "else ComfyUI runs and its result is written there")
     parser.add_argument("--only", choices=["ours", "comfyui"], default=None)
     parser.add_argument("--worker", choices=["ours", "comfyui"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
@@ -162,30 +179,56 @@ def main():
     ids_file = Path(args.weights).with_suffix(".ids.json")
     ids_file.write_text(json.dumps(ids))
     print(f"{args.size} planner, prompt {len(ids[0])} / {len(ids[1])} tokens (cond / uncond), CFG on, "
-          f"{args.tokens} codes, settings {SETTINGS}", flush=True)
+          f"{args.tokens} codes, settings {SETTINGS}; load average {' '.join(_load_average())}", flush=True)
+    runs = []
+    if args.only != "comfyui":
+        runs += [(f"ours {p}", "ours", sys.executable, p) for p in args.products.split(",")]
+    if args.only != "ours":
+        runs.append(("comfyui", "comfyui", args.comfyui_python, None))
     results = {}
-    for side, python in (("ours", sys.executable), ("comfyui", args.comfyui_python)):
-        if args.only and side != args.only:
-            continue
-        out = Path(args.weights).with_suffix(f".{side}.json")
-        cmd = [python, __file__, "--worker", side, "--ids", str(ids_file), "--out", str(out), "--weights", args.weights,
-               "--tokens", str(args.tokens), "--size", args.size, "--comfyui", args.comfyui]
-        subprocess.run(cmd, check=True, cwd=REPO)
-        results[side] = json.loads(out.read_text())
-        out.unlink()
-        summarize(side, results[side])
+    for name, side, python, products in runs:
+        saved = Path(args.comfyui_result) if side == "comfyui" and args.comfyui_result else None
+        run_key = dict(weights=args.weights, tokens=args.tokens, size=args.size, ids=ids, settings=SETTINGS)
+        if saved is not None and saved.is_file():
+            record = json.loads(saved.read_text())
+            if record.get("run") != run_key:
+                raise SystemExit(f"{saved} holds a ComfyUI run of other weights, tokens or prompt; delete it to rerun")
+            results[name] = record["result"]
+            print(f"comfyui: read from {saved} (run at {record['when']}, load average then "
+                  f"{' '.join(record['load_before'])} before, {' '.join(record['load_after'])} after)")
+        else:
+            out = Path(args.weights).with_suffix(f".{side}.json")
+            cmd = [python, __file__, "--worker", side, "--ids", str(ids_file), "--out", str(out), "--weights",
+                   args.weights, "--tokens", str(args.tokens), "--size", args.size, "--comfyui", args.comfyui,
+                   "--products", products or "auto"]
+            before = _load_average()
+            subprocess.run(cmd, check=True, cwd=REPO)
+            results[name] = json.loads(out.read_text())
+            out.unlink()
+            after = _load_average()
+            print(f"{name}: load average {' '.join(before)} before, {' '.join(after)} after", flush=True)
+            if saved is not None:
+                saved.write_text(json.dumps(dict(run=run_key, result=results[name], load_before=before,
+                                                 load_after=after, when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))))
+        summarize(name, results[name])
     ids_file.unlink()
-    if len(results) == 2:
-        ours, theirs = summarize("ours", results["ours"], False), summarize("comfyui", results["comfyui"], False)
-        same = results["ours"]["codes"] == results["comfyui"]["codes"]
-        agree = next((i for i, (a, b) in enumerate(zip(results["ours"]["codes"], results["comfyui"]["codes"])) if a != b),
-                     len(results["ours"]["codes"]))
-        print(f"speed-up: decode {ours['decode_tps'] / theirs['decode_tps']:.1f}x, end to end "
-              f"{ours['total_tps'] / theirs['total_tps']:.1f}x; peak memory while generating "
-              f"{ours['peak'] / theirs['peak']:.2f}x ComfyUI's; same codes: {same}"
-              + ("" if same else f" (first {agree} identical)"))
-        print("codes ours   :", results["ours"]["codes"])
-        print("codes ComfyUI:", results["comfyui"]["codes"])
+    if "comfyui" in results:
+        theirs = summarize("comfyui", results["comfyui"], False)
+        for name, result in results.items():
+            if name == "comfyui":
+                continue
+            ours = summarize(name, result, False)
+            same = result["codes"] == results["comfyui"]["codes"]
+            agree = next((i for i, (a, b) in enumerate(zip(result["codes"], results["comfyui"]["codes"])) if a != b),
+                         len(result["codes"]))
+            equal = sum(a == b for a, b in zip(result["codes"], results["comfyui"]["codes"]))
+            print(f"{name}: speed-up decode {ours['decode_tps'] / theirs['decode_tps']:.2f}x, end to end "
+                  f"{ours['total_tps'] / theirs['total_tps']:.2f}x; peak memory while generating "
+                  f"{ours['peak'] / theirs['peak']:.2f}x ComfyUI's; same codes: {same}"
+                  + ("" if same else f" (first {agree} identical, {equal} of {len(result['codes'])} equal)")
+                  + f"; our weights after generating: {', '.join(result['weights_after'])}")
+    for name, result in results.items():
+        print(f"codes {name:20s}:", result["codes"])
 
 
 if __name__ == "__main__":

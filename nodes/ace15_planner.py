@@ -13,7 +13,9 @@ and sample many times, or read and change the metadata between planning and samp
 The planner runs on the CLIP's weights, loaded by ComfyUI's memory manager like every model
 (``load_models_gpu`` on the CLIP's patcher, as ``CLIP.encode`` does), so sampling afterwards can
 offload it. ComfyUI's progress bar counts the tokens the planner samples, Cancel stops it within
-one token.
+one token. Its matrix products are float32 on the CPU by default (``matrix_products`` auto: ComfyUI's
+arithmetic, so the codes are the ones TextEncodeAceStepAudio1.5 draws for the same seed); the
+weights' own bf16 is the faster alternative.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 import comfy.model_management as mm
 import comfy.utils
 import node_helpers
+from acestep_core.ace15.planner import PRODUCTS
 
 from .ace15_nodes import KEYSCALES, LANGUAGES, TIMESIGNATURES, text_encoder_kind
 from .notices import log, running_node_id
@@ -145,6 +148,13 @@ class AceStepPlanner:
             "top_p": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 2000.0, "step": 0.01, "advanced": True}),
             "top_k": ("INT", {"default": 0, "min": 0, "max": 100, "advanced": True}),
             "min_p": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "advanced": True}),
+        }, "optional": {
+            "matrix_products": (list(PRODUCTS), {
+                "default": "auto", "advanced": True,
+                "tooltip": "How the planner multiplies by its weights. auto: float32 on the CPU (ComfyUI's "
+                           "arithmetic: the same codes as TextEncodeAceStepAudio1.5 for the same seed), the weights' "
+                           "own dtype on a GPU. weight_dtype: in the weights' bf16, several times faster on a CPU "
+                           "with bf16 instructions, but the codes drift from ComfyUI's after a few dozen tokens."}),
         }}
 
     RETURN_TYPES = (AUDIO_CODES_TYPE, "STRING", "FLOAT")
@@ -156,7 +166,7 @@ class AceStepPlanner:
     CATEGORY = CATEGORY
 
     def plan(self, clip, tags, lyrics, seed, bpm, duration, timesignature, language, keyscale, generate_audio_codes,
-             cfg_scale, temperature, top_p, top_k, min_p):
+             cfg_scale, temperature, top_p, top_k, min_p, matrix_products="auto"):
         from acestep_core.ace15.planner_grammar import METADATA_FIELDS, codes_for_duration
 
         planner, tokenizer = planner_of(clip, "AceStepPlanner")
@@ -173,7 +183,8 @@ class AceStepPlanner:
         progress = _TokenProgress(metadata_bound, codes_estimate)
         result = planner.plan(tokenizer, tags, lyrics, user, seed=seed, cfg_scale=cfg_scale, temperature=temperature,
                               top_p=top_p, top_k=top_k, min_p=min_p, generate_codes=bool(generate_audio_codes),
-                              progress=progress, interrupt=mm.throw_exception_if_processing_interrupted)
+                              progress=progress, interrupt=mm.throw_exception_if_processing_interrupted,
+                              products=matrix_products)
         metadata = dict(result.metadata)
         sources = {k: ("planner" if k in result.generated else "user") for k in metadata}
         if "language" not in metadata:

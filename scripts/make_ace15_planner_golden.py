@@ -15,7 +15,11 @@ What it writes (a few tens of kilobytes):
   * for each sampling case (greedy; seeded sampling with the node defaults; top-k + min-p + other
     cfg and temperature; no CFG): the 40 codes ComfyUI draws, and at every step the conditional
     and unconditional next-token logits at 64 fixed audio-code rows plus each row's maximum and
-    log-sum-exp over all 64000 codes (enough to catch any difference in the whole row).
+    log-sum-exp over all 64000 codes (enough to catch any difference in the whole row);
+  * the same for ``fp16.<case>`` (greedy, sampled): the weights stored in bf16 (as the released
+    files) and held by ComfyUI in fp16, as its CLIP loader does on the CPU
+    (``model_management.text_encoder_dtype``), its ``comfy.ops.manual_cast`` layers casting each
+    weight to float32 for every product (the planner's float32 products must give these).
 The weights are ``acestep_core.ace15.planner.random_planner_state_dict(TINY_PLANNER_CONFIG, 0)``,
 rebuilt identically by the test; ComfyUI's 1.7B config class is swapped for the tiny sizes.
 """
@@ -38,6 +42,7 @@ CASES = {   # name: (seed, cfg_scale, temperature, top_p, top_k, min_p)
     "topk_minp": (3, 3.0, 1.2, 0.95, 50, 0.05),
     "no_cfg": (11, 1.0, 0.85, 0.9, 0, 0.0),
 }
+FP16_CASES = ("greedy", "sampled")
 PROBE_ROWS = 64
 
 
@@ -70,10 +75,18 @@ def main():
     TinyLmConfig.head_dim = tiny.head_dim
     llama.Qwen3_2B_ACE15_lm_Config = TinyLmConfig   # looked up by name when the model is built
 
-    model = ace15.Qwen3_2B_ACE15(device="cpu", dtype=torch.float32)
-    missing, unexpected = model.transformer.load_state_dict(random_planner_state_dict(tiny, 0), strict=False)
-    assert not unexpected and not [k for k in missing if "rotary" not in k], (missing, unexpected)
-    model.execution_device = torch.device("cpu")
+    def comfyui_model(dtype, weights_dtype):
+        model = ace15.Qwen3_2B_ACE15(device="cpu", dtype=dtype)
+        sd = random_planner_state_dict(tiny, 0, dtype=weights_dtype)
+        missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
+        assert not unexpected and not [k for k in missing if "rotary" not in k], (missing, unexpected)
+        assert all(p.dtype == dtype for p in model.transformer.parameters())
+        for key, tensor in sd.items():   # bf16 -> fp16 is exact for these values
+            assert torch.equal(model.transformer.state_dict()[key].to(weights_dtype), tensor), key
+        model.execution_device = torch.device("cpu")
+        return model
+    models = {"": comfyui_model(torch.float32, torch.float32),
+              "fp16.": comfyui_model(torch.float16, torch.bfloat16)}
 
     tokenizer = ace15.ACE15Tokenizer()
     tokens = tokenizer.tokenize_with_weights(CAPTION, lyrics=LYRICS, **METADATA)
@@ -82,8 +95,12 @@ def main():
 
     probe = torch.randperm(AUDIO_CODE_END - AUDIO_CODE_OFFSET, generator=torch.Generator().manual_seed(1))[:PROBE_ROWS]
     out = {"prompt_ids": torch.tensor(prompt_ids), "negative_ids": torch.tensor(negative_ids), "probe_rows": probe}
-    original_logits = model.transformer.logits
-    for name, (seed, cfg, temperature, top_p, top_k, min_p) in CASES.items():
+    runs = [("", name, case) for name, case in CASES.items()] + [
+        ("fp16.", name, CASES[name]) for name in FP16_CASES]
+    for prefix, case_name, (seed, cfg, temperature, top_p, top_k, min_p) in runs:
+        model = models[prefix]
+        name = prefix + case_name
+        original_logits = model.transformer.logits
         seen = []
 
         def logits(x, _seen=seen):

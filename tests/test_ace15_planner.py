@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from acestep_core.ace15.planner import (PLANNER_CONFIGS, TINY_PLANNER_CONFIG, Planner, PlannerError,
+from acestep_core import ops
+from acestep_core.ace15.planner import (PLANNER_CONFIGS, PRODUCTS, TINY_PLANNER_CONFIG, Planner, PlannerError,
                                         config_from_state_dict, load_planner, planner_state_dict,
-                                        random_planner_state_dict, read_planner_state_dict, tokens_to_codes)
+                                        random_planner_state_dict, read_planner_state_dict, resolve_products,
+                                        tokens_to_codes)
 from acestep_core.ace15.planner_grammar import (METADATA_FIELDS, VALID_KEYSCALES, VALID_LANGUAGES,
                                                 VALID_TIME_SIGNATURES, PlannerTokenizer, codes_for_duration,
                                                 codes_prompts, comfyui_tokenizer_dir)
@@ -60,6 +62,80 @@ def test_codes_and_logits_equal_comfyui(planner, case):
     torch.testing.assert_close(logits.max(-1).values, GOLDEN[f"{case}.logits_max"], atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.logsumexp(logits, -1), GOLDEN[f"{case}.logits_lse"], atol=1e-4, rtol=0)
     assert codes == want
+
+
+@pytest.fixture(scope="module")
+def bf16_planner():
+    return Planner.from_state_dict(random_planner_state_dict(TINY_PLANNER_CONFIG, 0, dtype=torch.bfloat16))
+
+
+def _generate_like_golden(planner, case, products):
+    seed, cfg, temperature, top_p, top_k, min_p = GOLDEN[f"{case}.settings"].tolist()
+    return planner.generate_codes(
+        GOLDEN["prompt_ids"].tolist(), GOLDEN["negative_ids"].tolist(), len(GOLDEN[f"{case}.codes"]), seed=int(seed),
+        cfg_scale=cfg, temperature=temperature, top_p=top_p, top_k=int(top_k), min_p=min_p, return_logits=True,
+        products=products)
+
+
+@pytest.mark.parametrize("case", ["fp16.greedy", "fp16.sampled"])
+def test_float32_products_on_bf16_weights_equal_comfyui(bf16_planner, case):
+    """The weights stored in bf16 (as the released files); ComfyUI holds them in fp16 on the CPU and
+    casts each to float32 for every product. Our float32 products on the bf16 weights: the same
+    logits (to float32 rounding: ComfyUI's own run-to-run spread is ~1e-6) and the same 40 codes."""
+    codes, logits = _generate_like_golden(bf16_planner, case, "float32")
+    probe = GOLDEN["probe_rows"]
+    torch.testing.assert_close(logits[..., probe], GOLDEN[f"{case}.logits_probe"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits.max(-1).values, GOLDEN[f"{case}.logits_max"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.logsumexp(logits, -1), GOLDEN[f"{case}.logits_lse"], atol=1e-5, rtol=0)
+    assert codes == GOLDEN[f"{case}.codes"].tolist()
+    # the bf16 products are the alternative, not ComfyUI's numbers: this comparison sees the difference
+    _, bf16_logits = _generate_like_golden(bf16_planner, case, "weight_dtype")
+    assert (bf16_logits[..., probe] - GOLDEN[f"{case}.logits_probe"]).abs().max() > 1e-3
+
+
+def test_float32_products_are_f_linear_on_cast_weights_without_a_copy(bf16_planner, monkeypatch):
+    """Every product of the float32 mode is F.linear on the float32-cast weight, bit for bit (the
+    whole forward and the logits are torch.equal), with the weight cast in blocks (a block size of a
+    few rows here, so every weight is cut into many, the last one ragged); no float32 weight stays."""
+    from acestep_core.ace15.planner import _KVCache
+    monkeypatch.setattr(ops, "UPCAST_BLOCK_BYTES", 16 * 64 * 4 + 4)   # 16 rows of the 64-wide weights
+    monkeypatch.setattr(ops, "_upcast_scratch", {})
+    cast = []
+
+    def reference(x, weight):
+        cast.append(weight.shape)
+        return torch.nn.functional.linear(x, weight.float())
+    ids = torch.tensor([GOLDEN["prompt_ids"].tolist()[:20]] * 2)
+    rows = slice(151669, 215669)
+    outs = {}
+    with torch.inference_mode():
+        for name, lin in (("ours", bf16_planner._lin("float32")), ("reference", reference)):
+            cache = _KVCache(bf16_planner.config, 2, 24, "cpu")
+            hidden = bf16_planner._forward(bf16_planner._embed(ids), cache, lin)
+            step = bf16_planner._forward(bf16_planner._embed(ids[:, -1:] + 7), cache, lin)
+            outs[name] = (hidden, step, bf16_planner._logits(step, rows, lin))
+    assert len(cast) == 2 * 7 * TINY_PLANNER_CONFIG.num_layers + 1     # q k v o gate up down per layer and pass, head
+    for ours, reference in zip(outs["ours"], outs["reference"]):
+        assert torch.equal(ours, reference)
+    assert {p.dtype for p in bf16_planner.lm.parameters()} == {torch.bfloat16}
+    scratch = sum(buf.numel() for buf in ops._upcast_scratch.values())
+    assert 0 < scratch < TINY_PLANNER_CONFIG.intermediate_size * TINY_PLANNER_CONFIG.hidden_size   # a block, no weight
+
+
+def test_products_setting(tiny_sd, bf16_planner):
+    assert PRODUCTS == ("auto", "float32", "weight_dtype")
+    assert resolve_products("auto", "cpu") == "float32" and resolve_products("auto", "cuda") == "weight_dtype"
+    assert bf16_planner.products == "auto" and bf16_planner._lin() is bf16_planner._lin("float32")
+    assert bf16_planner._lin("weight_dtype") is not bf16_planner._lin("float32")
+    with pytest.raises(ValueError, match="unknown planner products 'fp64'; use one of auto, float32, weight_dtype"):
+        Planner.from_state_dict(tiny_sd, products="fp64")
+    with pytest.raises(ValueError, match="unknown planner products"):
+        bf16_planner.generate_codes([1, 2], [3], 2, products="bf16x")
+    fast = Planner.from_state_dict({k: v.to(torch.bfloat16) for k, v in tiny_sd.items()}, products="weight_dtype")
+    _, a = fast.generate_codes([1, 2, 3], [4, 5], 3, seed=0, temperature=0, return_logits=True)
+    _, b = bf16_planner.generate_codes([1, 2, 3], [4, 5], 3, seed=0, temperature=0, return_logits=True,
+                                       products="weight_dtype")
+    assert torch.equal(a, b)
 
 
 def test_forward_equals_transformers_qwen3(planner):
@@ -239,9 +315,9 @@ def test_interrupt_within_one_token_and_progress(planner):
 
 
 def test_bf16_weights_stay_bf16_and_agree(tiny_sd):
-    """A bf16 file runs with bf16 matrix products (fp32 residual): logits within bf16 error."""
+    """A bf16 file with bf16 matrix products (fp32 residual): logits within bf16 error."""
     fp32 = Planner.from_state_dict(tiny_sd)
-    bf16 = Planner.from_state_dict({k: v.to(torch.bfloat16) for k, v in tiny_sd.items()})
+    bf16 = Planner.from_state_dict({k: v.to(torch.bfloat16) for k, v in tiny_sd.items()}, products="weight_dtype")
     _, a = fp32.generate_codes([1, 2, 3], [4, 5], 4, seed=0, temperature=0, return_logits=True)
     _, b = bf16.generate_codes([1, 2, 3], [4, 5], 4, seed=0, temperature=0, return_logits=True)
     assert bf16.lm.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16

@@ -29,9 +29,21 @@ are injected, never sampled, and come back unchanged.
 Speed: a preallocated KV cache, cond + uncond in one batch, logits only for the allowed tokens
 (64000 codes instead of the 217204-row vocabulary, a handful of tokens while writing metadata),
 forced tokens of the grammar fed in one forward pass, one host sync per token (the token id,
-which the progress callback and the grammar need anyway). Matrix products run in the weights'
-own dtype (bf16 in the released files: AMX / tensor cores) with the residual stream, norms,
-attention and sampling in float32.
+which the progress callback and the grammar need anyway). The residual stream, norms, attention
+and sampling are float32.
+
+Matrix products (``products``, :data:`PRODUCTS`): ``float32`` computes each one in float32 on the
+stored 16-bit weights, cast block by block into one scratch buffer (:func:`acestep_core.ops.linear_upcast`;
+no float32 copy of any weight is kept). That is ComfyUI's arithmetic on the CPU, where its loader
+holds the planner in fp16 and ``comfy.ops.manual_cast`` casts every weight to float32 for every
+product: bf16 and fp16 hold the released weights' values alike, so the logits agree to float32
+rounding and the codes are ComfyUI's for the same seed. ``weight_dtype`` computes them in the
+weights' own dtype (bf16), several times faster on a CPU with bf16 instructions, but the logits
+then differ in the third digit and a draw soon lands on another code than ComfyUI's (after 27 of
+300 at the real 1.7B size). ``auto``, the default, is ``float32`` on the CPU (users who compare
+with ComfyUI get its codes) and ``weight_dtype`` on other devices (GPUs compute bf16 products
+natively, and ComfyUI's loop computes in bf16 there too where the GPU has it:
+``sample_manual_loop_no_classes``'s ``execution_dtype``).
 """
 from __future__ import annotations
 
@@ -44,6 +56,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..ops import linear_upcast
 from .planner_grammar import (AUDIO_CODE_END, AUDIO_CODE_OFFSET, METADATA_FIELDS, NUM_AUDIO_CODES, PAD_ID,
                               MetadataGrammar, PlannerTokenizer, codes_for_duration,
                               codes_prompts, metadata_prompts, normalize_metadata)
@@ -214,11 +227,33 @@ class _KVCache:
         self.max_len = max_len
 
 
-def _lin(x: torch.Tensor, layer) -> torch.Tensor:
-    w = layer.weight
-    if w.dtype == x.dtype:
-        return F.linear(x, w)
-    return F.linear(x.to(w.dtype), w).to(x.dtype)
+PRODUCTS = ("auto", "float32", "weight_dtype")
+"""How the planner's matrix products are computed: ``float32`` (the weights cast to float32 block
+by block, ComfyUI's arithmetic), ``weight_dtype`` (in the weights' own dtype, bf16 in the released
+files), ``auto`` (float32 on the CPU, the weights' dtype on other devices)."""
+
+
+def _lin_float32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (float32) times a weight stored in 16 bits, as ComfyUI's manual-cast layers on the CPU
+    (``comfy.ops.cast_bias_weight`` to float32, then ``F.linear``): the same numbers, with the
+    weight cast in cache-sized blocks into one scratch buffer (no float32 copy of the weight)."""
+    return linear_upcast(x, weight)
+
+
+def _lin_weight_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (float32) times the weight in the weight's own dtype, the result back in float32."""
+    if weight.dtype == x.dtype:
+        return F.linear(x, weight)
+    return F.linear(x.to(weight.dtype), weight).to(x.dtype)
+
+
+def resolve_products(products: str | None, device) -> str:
+    """``float32`` or ``weight_dtype`` for ``products`` (one of :data:`PRODUCTS`) on ``device``."""
+    if products not in PRODUCTS:
+        raise ValueError(f"unknown planner products {products!r}; use one of {', '.join(PRODUCTS)}")
+    if products == "auto":
+        return "float32" if torch.device(device).type == "cpu" else "weight_dtype"
+    return products
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -251,17 +286,20 @@ class PlanResult:
 class Planner:
     """A loaded planner: ``lm`` is the ``transformers`` ``Qwen3ForCausalLM`` holding the weights."""
 
-    def __init__(self, lm, config: PlannerConfig):
+    def __init__(self, lm, config: PlannerConfig, products: str = "auto"):
         self.lm = lm
         self.config = config
+        resolve_products(products, "cpu")          # checks the name
+        self.products = products
         self._rope_cache = None
         self._grammar = {}
 
     # construction ------------------------------------------------------------------------------
     @classmethod
-    def from_state_dict(cls, sd: dict, layout: str | None = None, device=None) -> "Planner":
+    def from_state_dict(cls, sd: dict, layout: str | None = None, device=None, products: str = "auto") -> "Planner":
         """From a state dict in any layout (see :func:`planner_state_dict`), weights assigned as
-        they are (dtype and device of the tensors given, or moved to ``device``)."""
+        they are (dtype and device of the tensors given, or moved to ``device``); ``products``
+        one of :data:`PRODUCTS`."""
         from transformers import Qwen3ForCausalLM
         sd = planner_state_dict(sd, layout)
         config = config_from_state_dict(sd)
@@ -282,11 +320,11 @@ class Planner:
         if config.tie_word_embeddings:
             lm.lm_head.weight = lm.model.embed_tokens.weight
         lm.eval().requires_grad_(False)
-        return cls(lm, config)
+        return cls(lm, config, products)
 
     @classmethod
-    def load(cls, path, layout: str | None = None, device="cpu") -> "Planner":
-        return cls.from_state_dict(read_planner_state_dict(path, layout, device), layout="official")
+    def load(cls, path, layout: str | None = None, device="cpu", products: str = "auto") -> "Planner":
+        return cls.from_state_dict(read_planner_state_dict(path, layout, device), layout="official", products=products)
 
     @property
     def device(self) -> torch.device:
@@ -314,9 +352,16 @@ class Planner:
             self._rope_cache = (emb.cos(), emb.sin())
         return self._rope_cache
 
-    def _forward(self, embeds: torch.Tensor, cache: _KVCache) -> torch.Tensor:
+    def _lin(self, products: str | None = None) -> Callable:
+        """The matrix product for ``products`` (None: this planner's setting; see :data:`PRODUCTS`)."""
+        chosen = resolve_products(self.products if products is None else products, self.device)
+        return _lin_float32 if chosen == "float32" else _lin_weight_dtype
+
+    def _forward(self, embeds: torch.Tensor, cache: _KVCache, lin: Callable | None = None) -> torch.Tensor:
         """Run ``embeds`` [B, S, H] (float32) after what the cache holds; returns the final-norm
-        hidden state of the last position [B, H] in float32."""
+        hidden state of the last position [B, H] in float32. ``lin(x, weight)``: the matrix product
+        (default: this planner's ``products``)."""
+        lin = lin or self._lin()
         cfg = self.config
         batch, seq, _ = embeds.shape
         start, end = cache.length, cache.length + seq
@@ -333,9 +378,9 @@ class Planner:
         for i, layer in enumerate(self.lm.model.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_norm(_lin(h, attn.q_proj).view(batch, seq, cfg.num_heads, cfg.head_dim)).transpose(1, 2)
-            k = attn.k_norm(_lin(h, attn.k_proj).view(batch, seq, cfg.num_kv_heads, cfg.head_dim)).transpose(1, 2)
-            v = _lin(h, attn.v_proj).view(batch, seq, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+            q = attn.q_norm(lin(h, attn.q_proj.weight).view(batch, seq, cfg.num_heads, cfg.head_dim)).transpose(1, 2)
+            k = attn.k_norm(lin(h, attn.k_proj.weight).view(batch, seq, cfg.num_kv_heads, cfg.head_dim)).transpose(1, 2)
+            v = lin(h, attn.v_proj.weight).view(batch, seq, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             cache.k[i, :, :, start:end] = k
@@ -349,10 +394,10 @@ class Planner:
                 out = F.scaled_dot_product_attention(q, keys.repeat_interleave(groups, 1),
                                                      values.repeat_interleave(groups, 1), attn_mask=mask)
                 out = out.transpose(1, 2).reshape(batch, seq, cfg.num_heads * cfg.head_dim)
-            x = x + _lin(out, attn.o_proj)
+            x = x + lin(out, attn.o_proj.weight)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
-            x = x + _lin(F.silu(_lin(h, mlp.gate_proj)) * _lin(h, mlp.up_proj), mlp.down_proj)
+            x = x + lin(F.silu(lin(h, mlp.gate_proj.weight)) * lin(h, mlp.up_proj.weight), mlp.down_proj.weight)
         cache.length = end
         return self.lm.model.norm(x[:, -1])
 
@@ -362,13 +407,14 @@ class Planner:
     def _head_weight(self) -> torch.Tensor:
         return self.lm.lm_head.weight if not self.config.tie_word_embeddings else self.lm.model.embed_tokens.weight
 
-    def _logits(self, hidden: torch.Tensor, rows) -> torch.Tensor:
+    def _logits(self, hidden: torch.Tensor, rows, lin: Callable | None = None) -> torch.Tensor:
         """Logits [B, n] of the given vocabulary rows only (a slice, or an index tensor)."""
         weight = self._head_weight()
         weight = weight[rows] if isinstance(rows, slice) else weight.index_select(0, rows)
-        return _lin(hidden, _Weight(weight))
+        return (lin or self._lin())(hidden, weight)
 
-    def _prefill(self, prompts: list[list[int]], new_tokens: int) -> tuple[torch.Tensor, _KVCache]:
+    def _prefill(self, prompts: list[list[int]], new_tokens: int,
+                 lin: Callable | None = None) -> tuple[torch.Tensor, _KVCache]:
         """Left-pad the prompts to one length with ``<|endoftext|>`` (masked), run them as one batch
         (ComfyUI ``generate_audio_codes``), return the last hidden states and the cache."""
         length = max(len(p) for p in prompts)
@@ -376,7 +422,7 @@ class Planner:
         cache = _KVCache(self.config, len(prompts), length + new_tokens, self.device)
         for row, prompt in enumerate(prompts):
             cache.key_bias[row, : length - len(prompt)] = MASKED
-        return self._forward(self._embed(ids), cache), cache
+        return self._forward(self._embed(ids), cache, lin), cache
 
     # sampling ----------------------------------------------------------------------------------
     @staticmethod
@@ -419,13 +465,14 @@ class Planner:
     def generate_codes(self, prompt_ids: list[int], negative_ids: list[int] | None, num_codes: int, *,
                        seed: int = 0, cfg_scale: float = 2.0, temperature: float = 0.85, top_p: float = 0.9,
                        top_k: int = 0, min_p: float = 0.0, progress: Callable | None = None,
-                       interrupt: Callable | None = None, return_logits: bool = False):
+                       interrupt: Callable | None = None, return_logits: bool = False, products: str | None = None):
         """``num_codes`` audio codes (0..63999), token for token what ComfyUI 0.20.1's
         ``generate_audio_codes`` draws for the same prompt ids, seed and settings.
 
         ``progress(done, total)`` is called after each code, ``interrupt()`` before each forward
         pass (it raises to stop). With ``return_logits`` also returns the per-step CFG input
-        logits over the audio codes [steps, B, 64000] (for tests)."""
+        logits over the audio codes [steps, B, 64000] (for tests). ``products``: one of
+        :data:`PRODUCTS` for this call (default: the planner's)."""
         if num_codes <= 0:
             return ([], torch.empty(0)) if return_logits else []
         use_cfg = cfg_scale != 1.0
@@ -434,14 +481,15 @@ class Planner:
         prompts = [prompt_ids, negative_ids] if use_cfg else [prompt_ids]
         if interrupt is not None:
             interrupt()
-        hidden, cache = self._prefill(prompts, num_codes)
+        lin = self._lin(products)
+        hidden, cache = self._prefill(prompts, num_codes, lin)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed))
         codes_rows = slice(AUDIO_CODE_OFFSET, AUDIO_CODE_END)
         vocab = self.config.vocab_size
         codes, kept = [], []
         for step in range(num_codes):
-            logits = self._logits(hidden, codes_rows).float()
+            logits = self._logits(hidden, codes_rows, lin).float()
             if return_logits:
                 kept.append(logits.clone())
             filtered = self._filter(logits, cfg_scale, top_k, top_p, min_p)
@@ -462,7 +510,7 @@ class Planner:
             if interrupt is not None:
                 interrupt()
             token = (index + AUDIO_CODE_OFFSET).view(1, 1).expand(len(prompts), 1)
-            hidden = self._forward(self._embed(token), cache)
+            hidden = self._forward(self._embed(token), cache, lin)
         if return_logits:
             return codes, torch.stack(kept)
         return codes
@@ -472,7 +520,7 @@ class Planner:
                           seed: int = 0, cfg_scale: float = 2.0, temperature: float = 0.85, top_p: float = 0.9,
                           top_k: int = 0, min_p: float = 0.0, caption_negative: str | None = None,
                           progress: Callable | None = None, interrupt: Callable | None = None,
-                          return_tokens: bool = False):
+                          return_tokens: bool = False, products: str | None = None):
         """The metadata pass: every field of :data:`METADATA_FIELDS` as ``name: value`` lines in
         the grammar; the user's fields injected verbatim. Returns all fields as strings/ints (and,
         with ``return_tokens``, the thinking-block token ids the model read and wrote)."""
@@ -486,7 +534,8 @@ class Planner:
             len(user_lines[k]) if k in user_lines else len(t.prefix) + t.depth for k, t in grammar.fields.items())
         if interrupt is not None:
             interrupt()
-        hidden, cache = self._prefill(prompts, budget)
+        lin = self._lin(products)
+        hidden, cache = self._prefill(prompts, budget, lin)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed))
         pending = list(grammar.think_open)       # forced tokens not yet fed
@@ -498,7 +547,7 @@ class Planner:
             if interrupt is not None:
                 interrupt()
             ids = torch.tensor([pending] * len(prompts), device=self.device)
-            hidden = self._forward(self._embed(ids), cache)
+            hidden = self._forward(self._embed(ids), cache, lin)
             pending = []
 
         for name in METADATA_FIELDS:
@@ -517,7 +566,7 @@ class Planner:
                     continue
                 feed()
                 candidates = torch.tensor(list(options), device=self.device)
-                logits = self._logits(hidden, candidates).float()
+                logits = self._logits(hidden, candidates, lin).float()
                 self._check_finite(logits, steps, "metadata")   # a handful of candidates: check them all
                 filtered = self._filter(logits, cfg_scale, top_k, top_p, min_p)
                 if temperature > 0:
@@ -542,7 +591,7 @@ class Planner:
              seed: int = 0, cfg_scale: float = 2.0, temperature: float = 0.85, top_p: float = 0.9, top_k: int = 0,
              min_p: float = 0.0, generate_codes: bool = True, caption_negative: str | None = None,
              lyrics_negative: str | None = None, progress: Callable | None = None,
-             interrupt: Callable | None = None) -> PlanResult:
+             interrupt: Callable | None = None, products: str | None = None) -> PlanResult:
         """Caption, lyrics and the metadata the user set -> complete metadata and audio codes.
 
         If any of bpm, duration, keyscale, timesignature is missing, the metadata pass writes the
@@ -551,7 +600,8 @@ class Planner:
         which is exactly ComfyUI's ``TextEncodeAceStepAudio1.5`` prompt."""
         import time
         user = normalize_metadata(metadata)
-        settings = dict(seed=seed, cfg_scale=cfg_scale, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
+        settings = dict(seed=seed, cfg_scale=cfg_scale, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                        products=products)
         generated: tuple[str, ...] = ()
         full = dict(user)
         cot_keys = ("bpm", "duration", "keyscale", "timesignature")
@@ -573,19 +623,12 @@ class Planner:
         return PlanResult(metadata=full, codes=codes, generated=generated, thinking=thinking, tokens_per_second=rate)
 
 
-class _Weight:
-    """A bare weight in the shape ``_lin`` expects of a layer."""
-    __slots__ = ("weight",)
-
-    def __init__(self, weight):
-        self.weight = weight
-
-
-def load_planner(source, layout: str | None = None, device=None) -> Planner:
-    """A planner from a state dict, a ``.safetensors`` file or an official folder."""
+def load_planner(source, layout: str | None = None, device=None, products: str = "auto") -> Planner:
+    """A planner from a state dict, a ``.safetensors`` file or an official folder; ``products``
+    one of :data:`PRODUCTS` (how its matrix products are computed)."""
     if isinstance(source, dict):
-        return Planner.from_state_dict(source, layout, device)
-    return Planner.load(source, layout, device or "cpu")
+        return Planner.from_state_dict(source, layout, device, products)
+    return Planner.load(source, layout, device or "cpu", products)
 
 
 def tokens_to_codes(tokens) -> list[int]:
@@ -599,7 +642,8 @@ def tokens_to_codes(tokens) -> list[int]:
     return out
 
 
-__all__ = ["Planner", "PlannerConfig", "PlannerError", "PlanResult", "PLANNER_CONFIGS", "LAYOUTS",
+__all__ = ["Planner", "PlannerConfig", "PlannerError", "PlanResult", "PLANNER_CONFIGS", "LAYOUTS", "PRODUCTS",
+           "resolve_products",
            "config_from_state_dict", "planner_state_dict", "read_planner_state_dict", "load_planner",
            "find_planner_prefix", "tokens_to_codes", "random_planner_state_dict"]
 

@@ -282,6 +282,31 @@ def test_nodes_are_registered(env):
     for name in ("seed", "cfg_scale", "temperature", "top_p", "top_k", "min_p", "generate_audio_codes"):
         assert inputs[name][1]["default"] == stock[name][1]["default"], name
     assert inputs["bpm"][1]["default"] == 0 and inputs["keyscale"][1]["default"] == "auto"
+    optional = env["ace15_planner"].AceStepPlanner.INPUT_TYPES()["optional"]
+    assert optional["matrix_products"][0] == ["auto", "float32", "weight_dtype"]
+    assert optional["matrix_products"][1]["default"] == "auto"
+
+
+def test_matrix_products_reach_the_planner(env, loaded, monkeypatch):
+    """The node's matrix_products option is the core planner's products for this run; left out
+    (a workflow saved before the option existed) it is auto."""
+    _, clip, _ = loaded
+    planner = clip.cond_stage_model.planner
+    seen = []
+    original = planner.plan
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["products"])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(planner, "plan", spy)
+    node = env["ace15_planner"].AceStepPlanner()
+    fields = {**AUTO_ALL, **SET_ALL}
+    args = (clip, TAGS, LYRICS, 5, fields["bpm"], 1.0, fields["timesignature"], fields["language"], fields["keyscale"],
+            True, *SAMPLING.values())
+    fast = node.plan(*args, matrix_products="weight_dtype")["result"][0]
+    default = node.plan(*args)["result"][0]
+    assert seen == ["weight_dtype", "auto"]
+    assert len(fast.codes) == len(default.codes) == 5
 
 
 # ---------------------------------------------------------------------------------------------
