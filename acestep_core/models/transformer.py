@@ -185,10 +185,19 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         patchify, norm, project = self.early_conv_layers
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            # Float32 on the CPU: the convs as convs, the same operations on the same layout as
+            # ComfyUI's own ACE model (comfy/ldm/ace/model.py, PatchEmbed.forward), so the same
+            # sums; the matrix-product form below rounds differently in the last bits.
+            weight, bias = layer_ops.cast_weight_bias(patchify, x)
+            h = norm(F.conv2d(x, weight, bias, stride=patchify.stride))
+            weight, bias = layer_ops.cast_weight_bias(project, h)
+            return F.conv2d(h, weight, bias).flatten(2).transpose(1, 2)
         ph, pw = patchify.stride
         # The patch conv (kernel = stride) as a matrix product on the patches laid out as rows in
         # the weight's (channel, row, column) order: a CPU bf16 convolution with this kernel
-        # allocates a scratch buffer a hundred times the size of its output.
+        # allocates a scratch buffer a hundred times the size of its output (and elsewhere a
+        # product is as good as a conv).
         patches = x.unfold(2, ph, ph).unfold(3, pw, pw)                       # [B, C, H/ph, W/pw, ph, pw]
         patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)  # [B, S, C * ph * pw]
         h = layer_ops.linear(patchify, patches)                               # [B, S, hidden]

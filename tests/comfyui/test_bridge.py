@@ -252,6 +252,19 @@ def test_ksampler_matches_comfyui_ace_model(comfy_env, model_dirs, loaded, conds
     assert delta <= 1e-4
 
 
+def test_patch_embedding_equals_comfyui_ace_bit_for_bit(model_dirs, loaded):
+    """Float32 on the CPU, our patch embedding runs ComfyUI's ACEStep operations on the same
+    layout (conv, GroupNorm, 1x1 conv), so its output equals theirs exactly: the first op of
+    every model call adds no rounding difference (a matrix-product form differed by ~4e-7
+    relative at the real width)."""
+    reference = comfyui_reference_model(model_dirs["single"]).model.diffusion_model
+    ours = loaded[0].model.diffusion_model
+    x = torch.randn(2, 8, 16, 33, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, expected = ours.proj_in(x), reference.proj_in(x)
+    assert got.shape == expected.shape and torch.equal(got, expected), (got - expected).abs().max()
+
+
 def test_extra_conds_match_comfyui(loaded, conds):
     """Our extra_conds gives ComfyUI ACEStep's keyword arguments for the same conditioning."""
     import comfy.model_base
