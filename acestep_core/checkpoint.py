@@ -18,8 +18,11 @@ import json
 import math
 import os
 import struct
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from itertools import islice
 from typing import Callable, Iterator
 
 import torch
@@ -183,20 +186,35 @@ class ComponentSource:
         return dict(self.iter_tensors(dtype, device, keep_dtype))
 
     def iter_tensors(self, dtype=None, device="cpu", keep_dtype=None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Each tensor read with ``readinto`` straight into a fresh (aligned) tensor of the stored
+        """Each tensor read with ``os.preadv`` straight into a fresh (aligned) tensor of the stored
         dtype. Not memory-mapped: mapped file pages count in the process's resident memory for as
         long as the mapping lives, so a load held the file's pages and the weights at once (twice
         the weights at its peak); and mapped tensors sit at arbitrary file offsets, where CPU matmul
         kernels take other code paths than on aligned memory (results differing in the last bits
         with the file layout)."""
         info = read_safetensors_header(self.file)
+
+        def read(key: str) -> torch.Tensor:
+            tensor = _read_tensor(fd, info, self.prefix + key)
+            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype \
+                    and not (keep_dtype and keep_dtype(key)):
+                tensor = tensor.to(dtype)
+            return tensor
+
         try:
-            with open(self.file, "rb", buffering=0) as f:
-                for key in self.shapes:
-                    tensor = _read_tensor(f, info, self.prefix + key)
-                    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype \
-                            and not (keep_dtype and keep_dtype(key)):
-                        tensor = tensor.to(dtype)
+            with open(self.file, "rb", buffering=0) as f, ThreadPoolExecutor(READ_THREADS) as pool:
+                fd = f.fileno()
+                keys = iter(self.shapes)
+                # A few tensors read ahead on READ_THREADS threads (positional reads, so they share
+                # the file): copying from the page cache and faulting in fresh pages is kernel
+                # work one core cannot saturate; the window bounds what is held ahead.
+                pending = deque((key, pool.submit(read, key)) for key in islice(keys, 2 * READ_THREADS))
+                while pending:
+                    key, future = pending.popleft()
+                    following = next(keys, None)
+                    if following is not None:
+                        pending.append((following, pool.submit(read, following)))
+                    tensor = future.result()
                     if str(device) != "cpu":
                         tensor = tensor.to(device)
                     yield key, tensor
@@ -207,13 +225,17 @@ class ComponentSource:
                                   "The file may be damaged: download it again.") from err
 
 
+READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads reading a component's tensors (see ``ComponentSource.iter_tensors``)."""
+
 _STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                   "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                   "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def _read_tensor(f, info: SafetensorsInfo, name: str) -> torch.Tensor:
-    """One tensor of a safetensors file (little-endian, C order) read into a fresh tensor."""
+def _read_tensor(fd: int, info: SafetensorsInfo, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file (little-endian, C order) read into a fresh tensor, with
+    positional reads on the open file descriptor ``fd`` (safe from several threads at once)."""
     if name not in info.offsets:
         raise CheckpointError(f"{info.path}: tensor '{name}' is not in the file.")
     stored = info.dtypes[name]
@@ -227,10 +249,9 @@ def _read_tensor(f, info: SafetensorsInfo, name: str) -> torch.Tensor:
                               f"{list(info.shapes[name])} and dtype {stored} need {nbytes}. Download it again.")
     if nbytes:
         view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-        f.seek(info.data_start + begin)
         done = 0
         while done < nbytes:
-            got = f.readinto(view[done:])
+            got = os.preadv(fd, [view[done:]], info.data_start + begin + done)
             if not got:
                 raise CheckpointError(f"{info.path}: the file ends inside tensor '{name}'. Download it again.")
             done += got

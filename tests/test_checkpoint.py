@@ -212,3 +212,20 @@ def test_component_tensors_are_read_into_fresh_aligned_memory(tmp_path):
         assert tensor.numel() == 0 or tensor.data_ptr() % 64 == 0, key
     converted = source.state_dict(dtype=torch.float32)
     assert converted["a.bf16"].dtype == torch.float32 and converted["d.i64"].dtype == torch.int64
+
+
+def test_reading_on_several_threads_gives_the_same_tensors_in_order(tmp_path, monkeypatch):
+    """Tensors read ahead on several threads (positional reads on one file) arrive in the file's
+    key order with the same bytes as one thread reading them, converted as asked."""
+    from acestep_core import checkpoint
+    from acestep_core.testing import write_tiny_checkpoint
+    path = write_tiny_checkpoint(tmp_path / "tiny.safetensors", layout="comfyui", seed=0)
+    component = checkpoint.open_checkpoint(path).components["transformer"]
+    read = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(checkpoint, "READ_THREADS", threads)
+        read[threads] = list(component.iter_tensors(dtype=torch.bfloat16))
+    assert [k for k, _ in read[3]] == [k for k, _ in read[1]] == list(component.shapes)
+    for (_, a), (_, b) in zip(read[1], read[3]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert any(t.dtype == torch.bfloat16 for _, t in read[3])
