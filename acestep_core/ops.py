@@ -103,6 +103,11 @@ UPCAST_BLOCK_BYTES = 4 << 20
 """Bytes of float32 weight rows cast at a time by :func:`linear_upcast`: a block that stays in the
 CPU's caches between the cast and the product (measured on a 2-core EPYC: 2-4 MiB blocks ran a
 [2, 2048] x [6144, 2048]^T product in about half the time of casting the whole weight first)."""
+UPCAST_BLOCK_ROWS_MULTIPLE = 64
+"""Blocks hold a multiple of this many weight rows: MKL's sums for a block of output columns then
+match the whole product's (measured with torch 2.9 / MKL on this AVX-512 EPYC: 170- and 42-row
+blocks of a K = 6144 weight differed in the last bit even with 8 input rows; multiples of 64 never
+did, 350 shapes with K 768-9728 and 1-16 input rows)."""
 UPCAST_MAX_ROWS_OF_INPUT = 256
 """Above this many input rows the product is bound by arithmetic, not by reading the weight, and
 one whole cast costs little beside it: :func:`linear_upcast` then casts the weight whole."""
@@ -129,7 +134,8 @@ def _scratch(numel: int, device, dtype) -> torch.Tensor:
     return buf[:numel]
 
 
-def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                  exact_small_rows: int | None = None) -> torch.Tensor:
     """``F.linear(x, weight.to(x.dtype), bias.to(x.dtype))``, the same numbers, for a weight
     stored narrower than ``x`` (bf16 / fp16 weights, float32 products: what ComfyUI's manual-cast
     layers compute on the CPU, ``comfy.ops.cast_bias_weight`` then ``F.linear``).
@@ -141,18 +147,24 @@ def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     into one reused scratch buffer and each block's product is written into its columns of the
     result. Each output element is the same dot product over the same ``K`` as the whole
     product's (``tests/test_ops.py`` checks bit equality), only the rows are visited in blocks.
+
+    Fewer input rows than :data:`UPCAST_MIN_ROWS_OF_INPUT` take the whole cast, except exactly
+    ``exact_small_rows`` rows: a caller that checked on this machine that blocks give the whole
+    product's sums for its weight shapes and that row count (:func:`small_rows_blocks_exact`).
     """
     compute = x.dtype
     rows_of_input = x.numel() // max(1, x.shape[-1])
     # A strided x (a transposed activation) would be copied here, while F.linear hands its
     # strides to a product kernel that sums in another order: the whole cast keeps the numbers.
     if (weight.dtype == compute or x.device.type != "cpu" or weight.device != x.device or not x.is_contiguous()
-            or not UPCAST_MIN_ROWS_OF_INPUT <= rows_of_input <= UPCAST_MAX_ROWS_OF_INPUT):
+            or rows_of_input > UPCAST_MAX_ROWS_OF_INPUT
+            or (rows_of_input < UPCAST_MIN_ROWS_OF_INPUT and rows_of_input != exact_small_rows)):
         w = weight.to(device=x.device, dtype=compute)
         b = None if bias is None else bias.to(device=x.device, dtype=compute)
         return torch.nn.functional.linear(x, w, b)
     n_out, k = weight.shape
-    rows = max(16, min(n_out, UPCAST_BLOCK_BYTES // (k * torch.finfo(compute).bits // 8)))
+    rows = min(n_out, max(UPCAST_BLOCK_ROWS_MULTIPLE, UPCAST_BLOCK_BYTES // (k * torch.finfo(compute).bits // 8)
+                          // UPCAST_BLOCK_ROWS_MULTIPLE * UPCAST_BLOCK_ROWS_MULTIPLE))
     x2 = x.reshape(-1, k)
     out = torch.empty(x2.shape[0], n_out, device=x.device, dtype=compute)
     scratch = _scratch(rows * k, x.device, compute)
@@ -166,3 +178,20 @@ def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         else:
             out[:, start:end] = torch.addmm(b[start:end], x2, block.t())
     return out.view(*x.shape[:-1], n_out)
+
+
+def small_rows_blocks_exact(shapes, rows_of_input: int, device="cpu", dtype=torch.float32) -> bool:
+    """Whether :func:`linear_upcast` with ``rows_of_input`` rows (below
+    :data:`UPCAST_MIN_ROWS_OF_INPUT`) gives ``F.linear``'s numbers on the whole cast weight, bit for
+    bit, for every weight shape ``(n_out, k)`` in ``shapes``, on this machine: checked once on random
+    values (the matrix-product library picks its small-row kernel by CPU; on some, the sums of a
+    block of output columns differ from the whole product's in the last bit)."""
+    g = torch.Generator().manual_seed(0)
+    for n_out, k in sorted(set(shapes)):
+        weight = torch.randn(n_out, k, generator=g).to(torch.bfloat16)
+        x = torch.randn(rows_of_input, k, generator=g).to(device=device, dtype=dtype)
+        weight = weight.to(device)
+        if not torch.equal(linear_upcast(x, weight, exact_small_rows=rows_of_input),
+                           torch.nn.functional.linear(x, weight.to(dtype))):
+            return False
+    return True

@@ -47,6 +47,7 @@ natively, and ComfyUI's loop computes in bf16 there too where the GPU has it:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops import linear_upcast
+from .. import ops
+from ..ops import UPCAST_MIN_ROWS_OF_INPUT, linear_upcast, small_rows_blocks_exact
 from .planner_grammar import (AUDIO_CODE_END, AUDIO_CODE_OFFSET, METADATA_FIELDS, NUM_AUDIO_CODES, PAD_ID,
                               MetadataGrammar, PlannerTokenizer, codes_for_duration,
                               codes_prompts, metadata_prompts, normalize_metadata)
@@ -233,11 +235,12 @@ by block, ComfyUI's arithmetic), ``weight_dtype`` (in the weights' own dtype, bf
 files), ``auto`` (float32 on the CPU, the weights' dtype on other devices)."""
 
 
-def _lin_float32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _lin_float32(x: torch.Tensor, weight: torch.Tensor, exact_small_rows: int | None = None) -> torch.Tensor:
     """x (float32) times a weight stored in 16 bits, as ComfyUI's manual-cast layers on the CPU
     (``comfy.ops.cast_bias_weight`` to float32, then ``F.linear``): the same numbers, with the
-    weight cast in cache-sized blocks into one scratch buffer (no float32 copy of the weight)."""
-    return linear_upcast(x, weight)
+    weight cast in cache-sized blocks into one scratch buffer (no float32 copy of the weight).
+    ``exact_small_rows``: the decoding batch, when blocks were checked exact for it on this machine."""
+    return linear_upcast(x, weight, exact_small_rows=exact_small_rows)
 
 
 def _lin_weight_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -293,6 +296,7 @@ class Planner:
         self.products = products
         self._rope_cache = None
         self._grammar = {}
+        self._blocks_exact = {}
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -352,10 +356,28 @@ class Planner:
             self._rope_cache = (emb.cos(), emb.sin())
         return self._rope_cache
 
-    def _lin(self, products: str | None = None) -> Callable:
-        """The matrix product for ``products`` (None: this planner's setting; see :data:`PRODUCTS`)."""
+    def _lin(self, products: str | None = None, batch: int | None = None) -> Callable:
+        """The matrix product for ``products`` (None: this planner's setting; see :data:`PRODUCTS`).
+        With ``batch`` (the rows of one decoding step) float32 products cast in blocks for that
+        few rows too, where this machine's product gives the whole cast's numbers for them."""
         chosen = resolve_products(self.products if products is None else products, self.device)
-        return _lin_float32 if chosen == "float32" else _lin_weight_dtype
+        if chosen != "float32":
+            return _lin_weight_dtype
+        if batch is None or batch >= UPCAST_MIN_ROWS_OF_INPUT or self.weight_dtype == torch.float32:
+            return _lin_float32
+        if batch not in self._blocks_exact:
+            self._blocks_exact[batch] = small_rows_blocks_exact(self._linear_shapes(), batch, self.device)
+        return functools.partial(_lin_float32, exact_small_rows=batch) if self._blocks_exact[batch] else _lin_float32
+
+    def _linear_shapes(self) -> list[tuple[int, int]]:
+        """(out, in) of every weight the forward multiplies by; the head as a few blocks' worth of
+        its rows (its products are cut into blocks the same way)."""
+        layer = self.lm.model.layers[0]
+        weights = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                   layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
+        shapes = [tuple(w.weight.shape) for w in weights]
+        hidden = self.config.hidden_size
+        return shapes + [(min(NUM_AUDIO_CODES, 3 * max(64, ops.UPCAST_BLOCK_BYTES // (hidden * 4)) + 64), hidden)]
 
     def _forward(self, embeds: torch.Tensor, cache: _KVCache, lin: Callable | None = None) -> torch.Tensor:
         """Run ``embeds`` [B, S, H] (float32) after what the cache holds; returns the final-norm
@@ -483,6 +505,7 @@ class Planner:
             interrupt()
         lin = self._lin(products)
         hidden, cache = self._prefill(prompts, num_codes, lin)
+        lin = self._lin(products, batch=len(prompts))   # decoding: one row per prompt
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed))
         codes_rows = slice(AUDIO_CODE_OFFSET, AUDIO_CODE_END)
@@ -536,6 +559,7 @@ class Planner:
             interrupt()
         lin = self._lin(products)
         hidden, cache = self._prefill(prompts, budget, lin)
+        lin = self._lin(products, batch=len(prompts))
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed))
         pending = list(grammar.think_open)       # forced tokens not yet fed
