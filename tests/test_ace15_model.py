@@ -98,3 +98,37 @@ def test_kv_heads_copied_or_grouped_by_sdpa_agree(model, monkeypatch):
         monkeypatch.setattr(layers, "SDPA_GROUPS_KV_HEADS", False)
         copied = model(a["x"], a["timestep"], a["context"], a["lyric_embed"], a["refer_audio"], is_covers=True)
     assert torch.allclose(fast, copied, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_cpu_fast_paths_give_the_plain_math(model, monkeypatch, dtype, tolerance):
+    """The fused RMSNorm / adaLN / RoPE alternatives (layers.CPU_FAST_PATHS) against the plain
+    module calls: float32 up to summation order, bfloat16 within its rounding (the fast path
+    rounds once, the plain path after every operation)."""
+    from acestep_core.ace15 import layers
+    a = {k: v.to(dtype) for k, v in inputs().items()}
+    m = Ace15Model(model.config, dtype=dtype)
+    m.load_state_dict(model.state_dict())
+    m.eval()
+    with torch.no_grad():
+        fast = m(a["x"], a["timestep"], a["context"], a["lyric_embed"], a["refer_audio"], is_covers=True).float()
+        monkeypatch.setattr(layers, "CPU_FAST_PATHS", False)
+        plain = m(a["x"], a["timestep"], a["context"], a["lyric_embed"], a["refer_audio"], is_covers=True).float()
+    assert not torch.equal(fast, torch.zeros_like(fast))
+    assert (fast - plain).abs().max().item() <= tolerance * max(1.0, plain.abs().max().item())
+
+
+def test_fast_norm_and_rotary_equal_their_formulas():
+    from acestep_core.ace15.layers import Attention, apply_rotary, rms_norm, rotary_cos_sin
+    g = torch.Generator().manual_seed(1)
+    norm = torch.nn.RMSNorm(16, eps=1e-6)
+    norm.weight.data = torch.rand(16, generator=g) + 0.5
+    x = torch.randn(2, 7, 16, generator=g) * 3
+    scale, shift = torch.randn(2, 1, 16, generator=g), torch.randn(2, 1, 16, generator=g)
+    assert torch.allclose(rms_norm(norm, x), norm(x), atol=1e-6, rtol=0)
+    assert torch.allclose(rms_norm(norm, x, scale, shift), norm(x) * (1 + scale) + shift, atol=1e-5, rtol=0)
+    # q / k: [B, L, heads, head_dim] -> norm over head_dim, RoPE, as [B, heads, L, head_dim]
+    heads = torch.randn(2, 7, 3, 16, generator=g)
+    cos, sin = rotary_cos_sin(7, 16, 1e4, heads)
+    fast = Attention._normed_rotary_fast(heads.clone(), norm, (cos, sin)).transpose(1, 2)
+    assert torch.allclose(fast, apply_rotary(norm(heads).transpose(1, 2), cos, sin), atol=1e-5, rtol=0)

@@ -20,7 +20,7 @@ from torch import nn
 from .. import ops as ops_module
 from ..patching import BLOCK_NAME, BLOCK_TYPE, attention_replacement, block_replacements
 from .config import DiTConfig
-from .layers import Attention, SwiGLU, rotary_cos_sin, sliding_window_mask
+from .layers import Attention, SwiGLU, rms_norm, rotary_cos_sin, sliding_window_mask
 
 
 def sinusoid(t: torch.Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> torch.Tensor:
@@ -93,17 +93,20 @@ class DiTLayer(nn.Module):
         # (torch.addcmul(a, b, c) = a + b * c in one pass: the fast form of the lines below)
 
         # h = norm(x) * (1 + scale) + shift;  x = x + self_attn(h) * gate
-        h = torch.addcmul(shift, self.self_attn_norm(x), 1 + scale)
+        h = rms_norm(self.self_attn_norm, x, scale, shift)
         attended = self.self_attn(h, rotary=rotary, window_mask=window_mask, replacement=self_replacement,
                                   extra_options=transformer_options)
-        x = torch.addcmul(x, attended, gate)
+        del h
+        x = torch.addcmul(x, attended, gate)          # a new tensor: the caller's x is left as it was
+        del attended
 
-        x = x + self.cross_attn(self.cross_attn_norm(x), context=condition, replacement=cross_replacement,
-                                extra_options=transformer_options)
+        # x = x + cross_attn(norm(x), condition)    (in place from here on: x is this call's own)
+        x += self.cross_attn(rms_norm(self.cross_attn_norm, x), context=condition, replacement=cross_replacement,
+                             extra_options=transformer_options)
 
         # h = norm(x) * (1 + c_scale) + c_shift;  x = x + mlp(h) * c_gate
-        h = torch.addcmul(c_shift, self.mlp_norm(x), 1 + c_scale)
-        return torch.addcmul(x, self.mlp(h), c_gate)
+        h = rms_norm(self.mlp_norm, x, c_scale, c_shift)
+        return x.addcmul_(self.mlp(h), c_gate)
 
 
 class Ace15DiT(nn.Module):
@@ -172,7 +175,7 @@ class Ace15DiT(nn.Module):
 
         # The output modulation uses temb ([B, H], after linear_2), not the six-way projection.
         shift, scale = (self.scale_shift_table.to(temb) + temb.unsqueeze(1)).chunk(2, dim=1)
-        x = self.norm_out(x) * (1 + scale) + shift
+        x = rms_norm(self.norm_out, x, scale, shift)         # norm_out(x) * (1 + scale) + shift
         x = self.proj_out(x.transpose(1, 2)).transpose(1, 2)
         return x[:, :frames]
 

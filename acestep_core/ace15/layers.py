@@ -41,6 +41,78 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+def _apply_rotary_in_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` without building ``rotate_half(x)``: ``x * cos``, then into its first
+    half ``- x2 * sin1`` and into its second ``+ x1 * sin2`` (cos and sin broadcast against x)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU fast alternatives for the element-wise work around the matrix products
+# ---------------------------------------------------------------------------------------------
+# A DiT step on the CPU runs the same matrix products as ComfyUI's; what else it costs is the
+# element-wise passes around them. There ``F.rms_norm`` is composite (cast up, pow, mean, mul,
+# cast back, mul by the weight: one pass over the tensor each) and rotate-half RoPE copies
+# (neg, cat). The functions below each state their plain math, which is the reading path (and
+# what runs off the CPU, where torch fuses the norm); the fast alternative computes the same
+# math in float32 with fewer passes and rounds once at the end (float32: equal to the plain
+# path up to summation order; bfloat16: one rounding instead of one per operation).
+CPU_FAST_PATHS = True
+"""Switch for the fast alternatives below (tests turn it off to compare with the plain math)."""
+
+_PLAIN_RMS_NORMS = tuple(cls for cls in (getattr(nn, "RMSNorm", None), ops_module._RMSNorm) if cls is not None)
+
+
+def _fast_norm(norm: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``norm`` may be computed by the fast alternative: a plain RMSNorm (torch's, ours or
+    a ComfyUI operations subclass of torch's, whose weight arrives through ``cast_weight_bias``)
+    on a CPU tensor."""
+    return (CPU_FAST_PATHS and x.device.type == "cpu" and isinstance(norm, _PLAIN_RMS_NORMS)
+            and norm.eps is not None and len(norm.normalized_shape) == 1)
+
+
+def _normalized_float32(norm: nn.Module, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``x * rsqrt(mean(x^2) + eps)`` over the last dimension, in float32 (``in_place``: into
+    ``x`` itself, allowed for a float32 ``x`` the caller owns)."""
+    squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
+    inverse_rms = squares.div_(x.shape[-1]).add_(norm.eps).rsqrt_()
+    if in_place and x.dtype == torch.float32:
+        return x.mul_(inverse_rms)
+    return x * inverse_rms            # float32 (type promotion)
+
+
+def _norm_weight_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    if getattr(norm, "weight", None) is None:
+        return None
+    weight, _ = ops_module.cast_weight_bias(norm, x, torch.float32)
+    return weight
+
+
+def rms_norm(norm: nn.Module, x: torch.Tensor, scale: torch.Tensor | None = None,
+             shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``norm(x)``, or with ``scale`` and ``shift`` (``[B, 1, H]``, adaLN) ``norm(x) * (1 + scale) + shift``."""
+    if not _fast_norm(norm, x):
+        out = norm(x)
+        return out if scale is None else torch.addcmul(shift, out, 1 + scale)
+    # fast alternative: x * rsqrt(mean(x^2) + eps) * (weight * (1 + scale)) + shift in float32,
+    # the weight and the modulation folded into one [B, 1, H] factor, one rounding at the end
+    h = _normalized_float32(norm, x)
+    factor = _norm_weight_float32(norm, x)
+    if scale is not None:
+        factor = 1 + scale.float() if factor is None else factor * (1 + scale.float())
+    if factor is not None and shift is None:
+        h = h.mul_(factor)
+    elif factor is not None:        # into h itself unless autograd records (out= is not differentiable)
+        h = torch.addcmul(shift.float(), h, factor, **({} if torch.is_grad_enabled() else {"out": h}))
+    elif shift is not None:
+        h = h.add_(shift.float())
+    return h.to(x.dtype)
+
+
 def _sdpa_groups_kv_heads() -> bool:
     """Whether this torch's SDPA reads grouped KV heads itself (``enable_gqa``, torch >= 2.5)."""
     try:
@@ -83,7 +155,10 @@ class SwiGLU(nn.Module):
         self.down_proj = ops.Linear(intermediate_size, hidden_size, bias=False, dtype=dtype, device=device)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # down(silu(gate(x)) * up(x)), the activation and the product written into gate(x)
+        # (a fresh tensor) instead of two more [tokens, intermediate] temporaries
+        gated = F.silu(self.gate_proj(x), inplace=True)
+        return self.down_proj(gated.mul_(self.up_proj(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -125,12 +200,33 @@ class Attention(nn.Module):
         self.q_norm = ops.RMSNorm(head_dim, eps=rms_norm_eps, dtype=dtype, device=device)
         self.k_norm = ops.RMSNorm(head_dim, eps=rms_norm_eps, dtype=dtype, device=device)
 
-    def _heads(self, x: torch.Tensor, proj: nn.Module, heads: int, norm: nn.Module | None):
+    def _heads(self, x: torch.Tensor, proj: nn.Module, heads: int, norm: nn.Module | None,
+               rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``proj(x)`` as ``[B, heads, L, head_dim]``, then ``norm`` over head_dim and the rotary
+        embedding when given (in that order)."""
         batch, length, _ = x.shape
         x = proj(x).view(batch, length, heads, self.head_dim)
+        if norm is not None and _fast_norm(norm, x):
+            return self._normed_rotary_fast(x, norm, rotary).transpose(1, 2)
         if norm is not None:
             x = norm(x)                       # RMSNorm over head_dim, before RoPE
-        return x.transpose(1, 2)              # [B, heads, L, head_dim]
+        x = x.transpose(1, 2)                 # [B, heads, L, head_dim]
+        if rotary is not None:
+            x = apply_rotary(x, *rotary)
+        return x
+
+    @staticmethod
+    def _normed_rotary_fast(x: torch.Tensor, norm: nn.Module, rotary) -> torch.Tensor:
+        """Fast alternative of ``apply_rotary(norm(x))`` on ``[B, L, heads, head_dim]`` (the fresh
+        projection, ours to overwrite): float32 math, no rotate_half copies, one rounding."""
+        h = _normalized_float32(norm, x, in_place=True)
+        weight = _norm_weight_float32(norm, x)
+        if weight is not None:
+            h = h.mul_(weight)
+        if rotary is not None:
+            cos, sin = (t.to(torch.float32)[:, None, :] for t in rotary)   # [L, 1, head_dim]
+            h = _apply_rotary_in_halves(h, cos, sin)
+        return h.to(x.dtype)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -144,16 +240,13 @@ class Attention(nn.Module):
         (the transformer options) are handed to it."""
         batch, length, _ = x.shape
         source = x if context is None else context
-        q = self._heads(x, self.q_proj, self.num_heads, self.q_norm)
-        k = self._heads(source, self.k_proj, self.num_kv_heads, self.k_norm)
+        rotary = rotary if context is None else None      # positions only in self-attention
+        q = self._heads(x, self.q_proj, self.num_heads, self.q_norm, rotary)
+        k = self._heads(source, self.k_proj, self.num_kv_heads, self.k_norm, rotary)
         v = self._heads(source, self.v_proj, self.num_kv_heads, None)
 
         mask = None
         if context is None:
-            if rotary is not None:
-                cos, sin = rotary
-                q = apply_rotary(q, cos, sin)
-                k = apply_rotary(k, cos, sin)
             if self.sliding_window is not None and length > self.sliding_window + 1:
                 mask = window_mask if window_mask is not None else sliding_window_mask(
                     length, self.sliding_window, x.device)
@@ -238,8 +331,8 @@ class EncoderLayer(nn.Module):
         self.mlp = SwiGLU(hidden_size, intermediate_size, operations=operations, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary=rotary)
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.self_attn(rms_norm(self.input_layernorm, x), rotary=rotary)
+        x = x + self.mlp(rms_norm(self.post_attention_layernorm, x))
         return x
 
 
@@ -269,4 +362,4 @@ class EncoderStack(nn.Module):
         rotary = rotary_cos_sin(x.shape[1], self.head_dim, self.rope_theta, x)
         for layer in self.layers:
             x = layer(x, rotary)
-        return self.norm(x)
+        return rms_norm(self.norm, x)
