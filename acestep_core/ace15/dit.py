@@ -160,7 +160,10 @@ class Ace15DiT(nn.Module):
         remainder = frames % self.config.patch_size
         if remainder:  # zero-pad the time axis to whole patches; cropped again at the end
             x = F.pad(x, (0, 0, 0, self.config.patch_size - remainder))
-        x = self.proj_in(x.transpose(1, 2)).transpose(1, 2)        # [B, T/2, H]
+        # [B, T/2, H], made contiguous once: as a transposed view of the convolution's output the
+        # residual stream would keep channel-first strides through every layer (element-wise ops
+        # keep their input's layout), and each projection of it would copy its weight for a bmm
+        x = self.proj_in(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
         condition = self.condition_embedder(encoder_hidden_states)
         rotary = rotary_cos_sin(x.shape[1], self.config.head_dim, self.config.rope_theta, x)

@@ -78,11 +78,11 @@ def _fast_norm(norm: nn.Module, x: torch.Tensor) -> bool:
 def _normalized_float32(norm: nn.Module, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """``x * rsqrt(mean(x^2) + eps)`` over the last dimension, in float32 (``in_place``: into
     ``x`` itself, allowed for a float32 ``x`` the caller owns)."""
-    squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
+    if x.dtype != torch.float32:      # one cast up (torch's reductions on bfloat16 are slow), then in place
+        x, in_place = x.to(torch.float32), True
+    squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
     inverse_rms = squares.div_(x.shape[-1]).add_(norm.eps).rsqrt_()
-    if in_place and x.dtype == torch.float32:
-        return x.mul_(inverse_rms)
-    return x * inverse_rms            # float32 (type promotion)
+    return x.mul_(inverse_rms) if in_place else x * inverse_rms
 
 
 def _norm_weight_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -142,10 +142,12 @@ class SwiGLU(nn.Module):
 
     Memory path: long inputs go through in blocks of :attr:`rows_per_block` tokens, so the two
     ``[tokens, intermediate]`` temporaries stay small (the MLP acts on each token independently,
-    so the result is the same).
+    so the result is the same). 192 rows: a 30 s song's 375 DiT tokens in two blocks; measured on
+    the 2-core CPU at the real widths, the DiT's activation peak fell from 29 to 23 MiB (float32)
+    for no measurable time (the matrix products stay large).
     """
 
-    rows_per_block = 512
+    rows_per_block = 192
 
     def __init__(self, hidden_size: int, intermediate_size: int, operations=None, dtype=None, device=None):
         super().__init__()
