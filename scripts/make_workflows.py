@@ -641,13 +641,269 @@ def reference_timbre_v15() -> dict:
             "loader_models": [V15_AIO_MODEL]}
 
 
+# ---------------------------------------------------------------------------------------------
+# ACE-Step 1.5 tasks (nodes/ace15_tasks.py)
+# ---------------------------------------------------------------------------------------------
+# The official app's defaults (acestep/inference.py GenerationParams): audio_cover_strength 1.0,
+# repainting 0 s to the end (here a 20-30 s region, as the v1 repaint workflow), lego / extract on
+# the base model; the turbo tasks sample as ComfyUI's 1.5 turbo template (8 steps, CFG 1, shift 3),
+# the base ones as its XL base template (50 steps, CFG 6, shift 3). Flow-edit: the 1.5 app's
+# default window 0-1 (AceStepEdit mode full) on the base model.
+V15_COVER_STRENGTH = 1.0
+V15_REPAINT_RANGE = (20.0, 30.0)
+V15_EXTEND_SECONDS = (0.0, 30.0)
+V15_LEGO_STEM, V15_EXTRACT_STEM, V15_COMPLETE_STEMS = "guitar", "vocals", "drums, bass"
+V15_BASE_TASK_MODELS = [m for m in V15_SPLIT_MODELS if m["name"] != V15_PLANNER_4B]
+COVER_TAGS = "jazz, smoky lounge, upright bass, brushed drums, muted trumpet, female vocals, 118 bpm"
+LEGO_TAGS = "warm clean electric guitar, funky rhythm guitar"
+
+V15_BASE_TASK_NOTE = f"""### Models (the base model)
+This task needs the ACE-Step 1.5 **base** model: turbo and sft were not trained for it (the node refuses a model
+whose official `config.json` says turbo, before any sampling). **Load ACE-Step 1.5 (split files)** takes
+Comfy-Org's files (the Missing Models dialog offers each):
+- `models/diffusion_models/`: [{V15_BASE_DIT}]({V15_SPLIT_MODELS[0]["url"]}) (XL base)
+- `models/text_encoders/`: [{V15_TEXT_ENCODER}]({V15_SPLIT_MODELS[1]["url"]})
+- `models/vae/`: [{V15_VAE}]({V15_SPLIT_MODELS[3]["url"]})
+
+Or the official 2B base: the folder `acestep-v15-base` of [ACE-Step/acestep-v15-base](https://huggingface.co/ACE-Step/acestep-v15-base)
+beside `vae/` and `Qwen3-Embedding-0.6B/` (as in [ACE-Step/Ace-Step1.5]({V15_OFFICIAL_REPO})), picked in
+**Load ACE-Step Checkpoint**; its `config.json` tells the node which variant it is (single files cannot, so the
+node shows a reminder). No planner is needed.
+
+To try the graph without the download: `python -m acestep_core make-tiny --generation 1.5 --layout split --out <folder>`
+writes tiny split files with **random weights** (noise, not music) in `diffusion_models/`, `text_encoders/` and
+`vae/` of `<folder>`; their text encoder and VAE have the real files' names, so do not copy them over real ones."""
+
+V15_TASK_TURBO_NOTE = f"""### Model
+Any ACE-Step 1.5 model does this task; the workflow loads Comfy-Org's all-in-one turbo file in
+`models/checkpoints/`: [{V15_AIO}]({V15_AIO_MODEL["url"]}) (the Missing Models dialog offers it), or the
+official folder ([ACE-Step/Ace-Step1.5]({V15_OFFICIAL_REPO})). With the base or sft model use 50 steps and
+CFG 6 (as `text2music_v15_base`).
+
+{V15_TINY_NOTE}"""
+
+V15_TASK_IO_NOTE = f"""- **Load Audio**: the song to work on (upload it with the node's button, or put it in `ComfyUI/input/`;
+  `{INPUT_AUDIO}` is only a placeholder name). Any rate, mono or stereo: **VAEEncodeAudio** with the 1.5 VAE
+  resamples it to 48 kHz stereo. Up to 600 s.
+- The task node gives the sampler its `positive`, `negative` and `latent`; **ACE-Step 1.5 Restore Source** after
+  the sampler puts back what the task keeps and cuts the padding (songs under 5.12 s are padded)."""
+V15_TASK_TEXT_NOTE = """- **tags** / **lyrics** on the task node describe the result; `bpm`, `timesignature`, `keyscale` (0 / N/A:
+  not given) and `language` as in TextEncodeAceStepAudio1.5. The song's length comes from the source."""
+V15_TURBO_SAMPLING_NOTE = (f"- Sampling as ComfyUI's 1.5 turbo template: {V15_TURBO_STEPS} Euler steps, `simple` "
+                           f"schedule, CFG {V15_TURBO_CFG:g}, shift {V15_SHIFT:g} (ModelSamplingAuraFlow).")
+V15_BASE_SAMPLING_NOTE = (f"- Sampling as ComfyUI's 1.5 XL base template: {V15_BASE_STEPS} Euler steps, `simple` "
+                          f"schedule, CFG {V15_BASE_CFG:g} (the negative is the null condition), shift {V15_SHIFT:g}.")
+
+COVER_V15_NOTE = f"""## ACE-Step 1.5: cover (a new song over the structure of a song)
+{V15_TASK_IO_NOTE}
+- **ACE-Step 1.5 Cover** turns the source into the 5 Hz semantic hints the model follows (melody, structure);
+  the tags and lyrics say what the new song is. `audio_cover_strength` (the app's, default {V15_COVER_STRENGTH:g}):
+  the share of the steps that follow the source, the rest is plain text to music; set `sampler_steps` to the
+  KSampler's steps for the app's exact switch step.
+- From a plan instead of a song: connect **ACE-Step Planner**'s `audio_codes` to the node's `audio_codes`
+  input (the source song is then not used), as the app covers given audio codes.
+{V15_TASK_TEXT_NOTE}
+{V15_TURBO_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_TASK_TURBO_NOTE}"""
+
+REPAINT_V15_NOTE = f"""## ACE-Step 1.5: repaint (regenerate part of a song)
+{V15_TASK_IO_NOTE}
+- **ACE-Step 1.5 Repaint**: `start_seconds` / `end_seconds` of the part to regenerate (drag on the waveform
+  to pick it); every other latent frame is kept exactly. A region ending after the song stops at its end.
+{V15_TASK_TEXT_NOTE}
+{V15_TURBO_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_TASK_TURBO_NOTE}"""
+
+EXTEND_V15_NOTE = f"""## ACE-Step 1.5: extend (more song before or after)
+{V15_TASK_IO_NOTE}
+- **ACE-Step 1.5 Extend**: `left_seconds` of new music before the song, `right_seconds` after it (any length,
+  600 s in all at most); the song itself is kept exactly.
+{V15_TASK_TEXT_NOTE}
+{V15_TURBO_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_TASK_TURBO_NOTE}"""
+
+LEGO_V15_NOTE = f"""## ACE-Step 1.5: lego (add one stem to a song)
+{V15_TASK_IO_NOTE}
+- **ACE-Step 1.5 Lego**: `stem` is the track to generate in the context of the song (vocals, backing_vocals,
+  drums, bass, guitar, keyboard, percussion, strings, synth, fx, brass, woodwinds), between `start_seconds`
+  and `end_seconds` (-1: the song's end). The result is the new stem; mix it with the song yourself.
+- **tags** describe the stem.
+{V15_BASE_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_BASE_TASK_NOTE}"""
+
+EXTRACT_V15_NOTE = f"""## ACE-Step 1.5: extract (separate one stem)
+{V15_TASK_IO_NOTE}
+- **ACE-Step 1.5 Extract**: `stem` is the track to take out of the mix; the result is that track alone.
+{V15_BASE_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_BASE_TASK_NOTE}"""
+
+COMPLETE_V15_NOTE = f"""## ACE-Step 1.5: complete (accompany a stem)
+{V15_TASK_IO_NOTE}
+- **ACE-Step 1.5 Complete**: the source is a single stem (a vocal, a guitar part); `stems` lists the tracks to
+  add around it, comma separated (empty: the model chooses). The result is the whole arrangement.
+{V15_TASK_TEXT_NOTE}
+{V15_BASE_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_BASE_TASK_NOTE}"""
+
+FLOW_EDIT_V15_NOTE = f"""## ACE-Step 1.5: flow-edit (new tags or lyrics, the same music)
+- **Load Audio** -> **VAEEncodeAudio**: the song to edit (up to 600 s; `{INPUT_AUDIO}` is a placeholder name).
+- **Source**: the song's own tags and lyrics; **Target**: what it should become (here the first verse
+  rewritten). Set `duration` on both to the song's length.
+- **ACE-Step Edit** on a 1.5 model runs the 1.5 app's flow-edit (2026-04): mode `full` edits over the whole
+  schedule (the app's default window 0-1), `custom` with `n_min` / `n_max`; `cfg` {V15_BASE_CFG:g}.
+- SamplerCustomAdvanced samples from the source latent: {V15_BASE_STEPS} Euler steps, `simple` schedule,
+  shift {V15_SHIFT:g}. The app refuses turbo for flow-edit: base or sft.
+{V15_SAVE_NOTE}
+
+{V15_BASE_TASK_NOTE.replace("the ACE-Step 1.5 **base** model: turbo and sft were", "the ACE-Step 1.5 **base** (or sft) model: turbo was")}"""
+
+RETAKE_V15_NOTE = f"""## ACE-Step 1.5: retake (a variation of a song)
+The song of `text2music_v15_turbo`, varied: keep **Seed** (the song's seed) and change **ACE-Step Retake**'s
+`retake_seed` (a new variation every run). `variance` is how far it moves away (0 = the same song, 1 = an
+unrelated one; {RETAKE_VARIANCE:g} as the v1 app). Works on any 1.5 model.
+{V15_TEXT_NOTE}
+{V15_TURBO_SAMPLING_NOTE}
+{V15_SAVE_NOTE}
+
+{V15_AIO_NOTE}"""
+
+# Node ids of the 1.5 task graphs.
+AUDIO_ID, ENCODE_ID, TASK_ID, SHIFT_ID, SAMPLER_ID, RESTORE_ID = 4, 5, 6, 7, 8, 9
+V15_META = {"language": "en", "bpm": 0, "timesignature": "N/A", "keyscale": "N/A"}
+
+
+def v15_split_loader(planner: str = "none") -> dict:
+    return node("LoadAceStep15Split", unet_name=V15_BASE_DIT, text_encoder_name=V15_TEXT_ENCODER, vae_name=V15_VAE,
+                planner_name=planner, weight_dtype="default")
+
+
+def v15_task(name: str, task_node: str, widgets: dict, note: str, base: bool, tags: str = SONG_TAGS,
+             lyrics: str = SONG_LYRICS) -> dict:
+    """LoadAudio -> VAEEncodeAudio -> the task node -> KSampler -> AceStep15RestoreSource ->
+    VAEDecodeAudio -> SaveAudio; the turbo all-in-one file or the base split files."""
+    steps, cfg = (V15_BASE_STEPS, V15_BASE_CFG) if base else (V15_TURBO_STEPS, V15_TURBO_CFG)
+    api = {
+        LOADER: v15_split_loader() if base else v15_aio_loader(),
+        AUDIO_ID: node("LoadAudio", audio=INPUT_AUDIO),
+        ENCODE_ID: node("VAEEncodeAudio", audio=link(AUDIO_ID), vae=link(LOADER, 2)),
+        TASK_ID: node(task_node, model=link(LOADER, 0), clip=link(LOADER, 1), samples=link(ENCODE_ID), tags=tags,
+                      lyrics=lyrics, **widgets, **V15_META),
+        SHIFT_ID: node("ModelSamplingAuraFlow", model=link(LOADER, 0), shift=V15_SHIFT),
+        SAMPLER_ID: node("KSampler", model=link(SHIFT_ID), seed=SEED, control_after_generate="randomize",
+                         steps=steps, cfg=cfg, sampler_name=SAMPLER, scheduler=SCHEDULER, positive=link(TASK_ID, 0),
+                         negative=link(TASK_ID, 1), latent_image=link(TASK_ID, 2), denoise=1.0),
+        RESTORE_ID: node("AceStep15RestoreSource", samples=link(SAMPLER_ID)),
+        **decode_and_save(10, link(RESTORE_ID), name),
+    }
+    loader_box = (LOADER, 440, 180) if base else LOADER_BOX
+    # The note goes last, under the outputs: the graph stays short enough for the frontend to open
+    # it above the zoom where LiteGraph stops drawing the widgets' text.
+    columns = [[loader_box, (AUDIO_ID, 440, 140), (ENCODE_ID, 440, 50)], [(TASK_ID, 440, 700)],
+               [(SHIFT_ID, 300, 60), (SAMPLER_ID, 300, 270)],
+               [(RESTORE_ID, 440, 50), (10, 440, 50), (11, 440, 100), V15_NOTE_BOX]]
+    return {"api": api, "columns": columns, "note": note,
+            "loader_models": V15_BASE_TASK_MODELS if base else [V15_AIO_MODEL]}
+
+
+def cover_v15() -> dict:
+    return v15_task("cover_v15", "AceStep15Cover", {"audio_cover_strength": V15_COVER_STRENGTH,
+                                                    "sampler_steps": V15_TURBO_STEPS},
+                    COVER_V15_NOTE, base=False, tags=COVER_TAGS)
+
+
+def repaint_v15() -> dict:
+    return v15_task("repaint_v15", "AceStep15Repaint", {"start_seconds": V15_REPAINT_RANGE[0],
+                                                        "end_seconds": V15_REPAINT_RANGE[1]}, REPAINT_V15_NOTE,
+                    base=False)
+
+
+def extend_v15() -> dict:
+    return v15_task("extend_v15", "AceStep15Extend", {"left_seconds": V15_EXTEND_SECONDS[0],
+                                                      "right_seconds": V15_EXTEND_SECONDS[1]}, EXTEND_V15_NOTE,
+                    base=False)
+
+
+def lego_v15() -> dict:
+    return v15_task("lego_v15", "AceStep15Lego", {"stem": V15_LEGO_STEM, "start_seconds": 0.0, "end_seconds": -1.0},
+                    LEGO_V15_NOTE, base=True, tags=LEGO_TAGS, lyrics="[Instrumental]")
+
+
+def extract_v15() -> dict:
+    return v15_task("extract_v15", "AceStep15Extract", {"stem": V15_EXTRACT_STEM}, EXTRACT_V15_NOTE, base=True)
+
+
+def complete_v15() -> dict:
+    return v15_task("complete_v15", "AceStep15Complete", {"stems": V15_COMPLETE_STEMS}, COMPLETE_V15_NOTE, base=True)
+
+
+def flow_edit_v15() -> dict:
+    """Source song -> AceStepEdit (1.5 flow-edit) -> SamplerCustomAdvanced, on the base model."""
+    def text(lyrics: str) -> dict:
+        return node("TextEncodeAceStepAudio1.5", clip=link(LOADER, 1), tags=SONG_TAGS, lyrics=lyrics, seed=SEED,
+                    control_after_generate="fixed", duration=SONG_SECONDS, **V15_SONG, generate_audio_codes=False,
+                    **V15_PLANNER)
+    api = {
+        LOADER: v15_split_loader(),
+        2: text(SONG_LYRICS),
+        3: text(EDITED_LYRICS),
+        AUDIO_ID: node("LoadAudio", audio=INPUT_AUDIO),
+        ENCODE_ID: node("VAEEncodeAudio", audio=link(AUDIO_ID), vae=link(LOADER, 2)),
+        SHIFT_ID: node("ModelSamplingAuraFlow", model=link(LOADER, 0), shift=V15_SHIFT),
+        6: node("AceStepEdit", model=link(SHIFT_ID), source_conditioning=link(2), target_conditioning=link(3),
+                mode="full", cfg=V15_BASE_CFG),
+        8: node("RandomNoise", noise_seed=SEED, control_after_generate="randomize"),
+        9: node("KSamplerSelect", sampler_name=SAMPLER),
+        10: node("BasicScheduler", model=link(SHIFT_ID), scheduler=SCHEDULER, steps=V15_BASE_STEPS, denoise=1.0),
+        11: node("SamplerCustomAdvanced", noise=link(8), guider=link(6), sampler=link(9), sigmas=link(10),
+                 latent_image=link(ENCODE_ID)),
+        **decode_and_save(12, link(11, 0), "flow_edit_v15"),
+    }
+    columns = [[(LOADER, 440, 180), (AUDIO_ID, 440, 140), (ENCODE_ID, 440, 50)], [(2, 440, 560)], [(3, 440, 560)],
+               [(SHIFT_ID, 340, 60), (6, 340, 250), (8, 340, 90), (9, 340, 60), (10, 340, 110)],
+               [(11, 440, 110), (12, 440, 50), (13, 440, 100), V15_NOTE_BOX]]
+    return {"api": api, "columns": columns, "note": FLOW_EDIT_V15_NOTE, "loader_models": V15_BASE_TASK_MODELS,
+            "titles": {2: "Source: the song as it is", 3: "Target: what it should become"}}
+
+
+def retake_v15() -> dict:
+    """text2music_v15_turbo with v1's AceStepRetakeModel between the model and KSampler."""
+    retake_id = 11
+    extra = {retake_id: node("AceStepRetakeModel", model=link(7), retake_seed=1, control_after_generate="randomize",
+                             variance=RETAKE_VARIANCE)}
+    api = v15_graph("retake_v15", v15_aio_loader(), v15_text(SONG_TAGS, SONG_LYRICS, codes=False),
+                    V15_TURBO_STEPS, V15_TURBO_CFG, extra)
+    api[8]["inputs"]["model"] = link(retake_id)
+    columns = [[LOADER_BOX, V15_NOTE_BOX], [V15_TEXT_BOX, NEGATIVE_BOX],
+               [(SECONDS_ID, 300, 60), (SEED_ID, 300, 80), (6, 300, 60), (7, 300, 60), (retake_id, 300, 110)],
+               [(8, 300, 270), (9, 300, 50), (10, 300, 100)]]
+    return {"api": api, "columns": columns, "note": RETAKE_V15_NOTE, "titles": V15_TITLES,
+            "loader_models": [V15_AIO_MODEL]}
+
+
+V15_TASK_WORKFLOWS = {"cover_v15": cover_v15, "repaint_v15": repaint_v15, "extend_v15": extend_v15,
+                      "lego_v15": lego_v15, "extract_v15": extract_v15, "complete_v15": complete_v15,
+                      "flow_edit_v15": flow_edit_v15, "retake_v15": retake_v15}
+
+
 V15_WORKFLOWS = {"text2music_v15_turbo": text2music_v15_turbo, "text2music_v15_planner": text2music_v15_planner,
                  "text2music_v15_base": text2music_v15_base, "reference_timbre_v15": reference_timbre_v15}
 
 
 WORKFLOWS = {"text2music": text2music, "audio2audio": audio2audio, "text2music_apg": text2music_apg,
              "text2music_lora": text2music_lora, "retake": retake, "repaint": repaint, "extend": extend,
-             "lyric_edit": lyric_edit, "remix": remix, **V15_WORKFLOWS}
+             "lyric_edit": lyric_edit, "remix": remix, **V15_WORKFLOWS, **V15_TASK_WORKFLOWS}
 
 
 def api_prompt(spec: dict) -> dict:

@@ -10,6 +10,7 @@ export ACESTEP_REFRESH_README_IMAGES=1
 exec bash "$REPO/scripts/test.sh" \
   "$REPO/tests/comfyui/test_workflows.py::test_workflow_runs_from_the_canvas" \
   "$REPO/tests/comfyui/test_workflows_v15.py::test_15_workflow_runs_from_the_canvas" \
+  "$REPO/tests/comfyui/test_workflows_v15_tasks.py::test_task_workflow_runs_from_the_canvas" \
   "$REPO/tests/comfyui/test_web.py::test_region_picker_drag_sets_widgets_and_the_run_uses_them" \
   "$REPO/tests/comfyui/test_web.py::test_lyric_editor_matches_the_tokenizer" \
   "$REPO/tests/comfyui/test_web.py::test_region_picker_draws_the_decoded_output_of_the_same_latent"

@@ -61,9 +61,11 @@ def load_generator():
 
 GENERATOR = load_generator()
 WORKFLOW_NAMES = list(GENERATOR.WORKFLOWS)
-# The ACE-Step v1 workflows; the 1.5 ones (GENERATOR.V15_WORKFLOWS) run in test_workflows_v15.py.
+# The ACE-Step v1 workflows; the 1.5 ones run in test_workflows_v15.py (GENERATOR.V15_WORKFLOWS) and
+# test_workflows_v15_tasks.py (GENERATOR.V15_TASK_WORKFLOWS).
 # The tests of every file (generator output, templates listing and pictures, layout) cover both.
-V1_NAMES = [name for name in WORKFLOW_NAMES if name not in GENERATOR.V15_WORKFLOWS]
+V1_NAMES = [name for name in WORKFLOW_NAMES
+            if name not in GENERATOR.V15_WORKFLOWS and name not in GENERATOR.V15_TASK_WORKFLOWS]
 
 
 # ---------------------------------------------------------------------------------------------
