@@ -870,8 +870,8 @@ def flow_edit_v15() -> dict:
                  latent_image=link(ENCODE_ID)),
         **decode_and_save(12, link(11, 0), "flow_edit_v15"),
     }
-    columns = [[(LOADER, 440, 180), (AUDIO_ID, 440, 140), (ENCODE_ID, 440, 50)], [(2, 440, 560)], [(3, 440, 560)],
-               [(SHIFT_ID, 340, 60), (6, 340, 250), (8, 340, 90), (9, 340, 60), (10, 340, 110)],
+    columns = [[(LOADER, 440, 180), (AUDIO_ID, 440, 140), (ENCODE_ID, 440, 50), (SHIFT_ID, 440, 60)],
+               [(2, 440, 440), (3, 440, 440)], [(6, 340, 250), (8, 340, 90), (9, 340, 60), (10, 340, 110)],
                [(11, 440, 110), (12, 440, 50), (13, 440, 100), V15_NOTE_BOX]]
     return {"api": api, "columns": columns, "note": FLOW_EDIT_V15_NOTE, "loader_models": V15_BASE_TASK_MODELS,
             "titles": {2: "Source: the song as it is", 3: "Target: what it should become"}}
