@@ -188,7 +188,8 @@ def main():
     results = {}
     for name, side, python, products in runs:
         saved = Path(args.comfyui_result) if side == "comfyui" and args.comfyui_result else None
-        run_key = dict(weights=args.weights, tokens=args.tokens, size=args.size, ids=ids, settings=SETTINGS)
+        run_key = json.loads(json.dumps(dict(weights=args.weights, tokens=args.tokens, size=args.size, ids=ids,
+                                             settings=SETTINGS)))   # as the file holds it (lists, not tuples)
         if saved is not None and saved.is_file():
             record = json.loads(saved.read_text())
             if record.get("run") != run_key:
