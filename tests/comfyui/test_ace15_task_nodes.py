@@ -303,6 +303,29 @@ def test_repaint_keeps_every_frame_outside_the_region(env, loaded):
     assert (out["samples"][..., 62:] - source[..., 62:]).abs().max() < 1e-4
 
 
+def test_repaint_audio_outside_the_region_and_the_vae_overlap_is_the_source_audio(env, loaded):
+    """Decoded, a repainted song equals the decoded source everywhere farther than the VAE's window
+    overlap (OVERLAP_FRAMES latent frames) from the region: only the decoder's receptive field
+    around the region can carry the new frames' influence. Inside the region the audio is new."""
+    from acestep_core.ace15.vae import OVERLAP_FRAMES
+    model, clip, vae = loaded
+    samples = _source(200, seed=6)                                     # 8 s
+    positive, negative, latent = _run(env, "AceStep15Repaint", model, clip, samples, (3.0, 4.0))
+    done = _restore(env, _ksample(env, model, positive, negative, latent, cfg=2.0, steps=3))["samples"]
+    new_audio, old_audio = vae.decode(done), vae.decode(samples["samples"])   # [B, S, C]
+    assert new_audio.shape == old_audio.shape
+    per_frame = 1920 * vae.audio_sample_rate / 48000                   # output samples per latent frame
+    first, last = 75, 100                                              # the region's frames: 3 s and 4 s
+    left = int((first - OVERLAP_FRAMES) * per_frame)
+    right = int(round((last + OVERLAP_FRAMES) * per_frame))
+    assert 0 < left and right < new_audio.shape[1]
+    scale = old_audio.abs().max().item()
+    outside = torch.cat([(new_audio - old_audio)[:, :left], (new_audio - old_audio)[:, right:]], dim=1)
+    assert outside.abs().max().item() <= 1e-6 * scale, outside.abs().max().item()
+    inside = (new_audio - old_audio)[:, int(first * per_frame):int(last * per_frame)]
+    assert inside.abs().max().item() > 1e-3 * scale
+
+
 def test_repaint_through_sampler_custom_advanced_with_a_batch_of_two(env, loaded):
     """SamplerCustomAdvanced (RandomNoise, CFGGuider at cfg 2, euler, simple) samples a repaint of a
     two-song batch; each song keeps every frame outside the region."""
