@@ -430,6 +430,12 @@ def test_shipped_file(name, comfy_server):
         assert needle in text, needle
     assert ("LoadAudio" in by_type) == (name in STARTS_FROM_A_SONG)
     assert "SaveAudio" in by_type and "VAEDecodeAudio" in by_type
+    assert_required_inputs_connected(by_type, info)
+
+
+def assert_required_inputs_connected(by_type: dict[str, list[dict]], info: dict) -> None:
+    """Every node type of a workflow file (nodes grouped by type) exists on the server, and every
+    required input that is not a widget has a link."""
     for kind, nodes in by_type.items():
         assert kind in info, f"{kind} is not a node type of this server"
         required = info[kind]["input"].get("required", {})
@@ -439,18 +445,23 @@ def test_shipped_file(name, comfy_server):
                     assert slot.get("link") is not None, f"{kind}.{slot['name']} is not connected"
 
 
+def prompts_from_the_frontend(ui, names) -> dict[str, dict]:
+    """Each named shipped workflow as the API prompt the frontend builds from it."""
+    fresh(ui)
+    prompts = {}
+    for name in names:
+        ui.load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=False)
+        prompts[name] = ui.graph_to_prompt()
+    return prompts
+
+
 # ---------------------------------------------------------------------------------------------
 # Running them
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def api_prompts(comfy_server, ui) -> dict[str, dict]:
     """Each shipped workflow as the API prompt that the frontend builds from it."""
-    prompts = {}
-    fresh(ui)
-    for name in V1_NAMES:
-        ui.load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=False)
-        prompts[name] = ui.graph_to_prompt()
-    return prompts
+    return prompts_from_the_frontend(ui, V1_NAMES)
 
 
 @pytest.mark.parametrize("name", V1_NAMES)

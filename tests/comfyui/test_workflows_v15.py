@@ -27,8 +27,9 @@ import pytest
 
 from comfyui_harness import ComfyServer
 
-from .test_workflows import (GENERATOR, WORKFLOWS_DIR, audio_outputs, declared_inputs, edited, executed_nodes,
-                             fresh, nodes_of, read_audio, set_widgets, update_screenshot, write_test_song)
+from .test_workflows import (GENERATOR, WORKFLOWS_DIR, assert_required_inputs_connected, audio_outputs, declared_inputs,
+                             edited, executed_nodes, fresh, nodes_of, prompts_from_the_frontend, read_audio,
+                             set_widgets, update_screenshot, write_test_song)
 
 V15_NAMES = list(GENERATOR.V15_WORKFLOWS)
 SECONDS = 2.0
@@ -125,12 +126,7 @@ def test_every_15_workflow_has_expectations():
 @pytest.fixture(scope="module")
 def api_prompts15(comfy_server, ui) -> dict[str, dict]:
     """Each shipped 1.5 workflow as the API prompt the frontend builds from it."""
-    fresh(ui)
-    prompts = {}
-    for name in V15_NAMES:
-        ui.load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=False)
-        prompts[name] = ui.graph_to_prompt()
-    return prompts
+    return prompts_from_the_frontend(ui, V15_NAMES)
 
 
 @pytest.mark.parametrize("name", V15_NAMES)
@@ -164,13 +160,7 @@ def test_shipped_15_file(name, comfy_server, api_prompts15):
             assert m["name"] in text and m["url"] in text and f"models/{m['directory']}/" in text
     assert ("LoadAudio" in by_type) == (name == "reference_timbre_v15")
     info = comfy_server.object_info()
-    for kind, nodes in by_type.items():
-        assert kind in info, f"{kind} is not a node type of this server"
-        required = info[kind]["input"].get("required", {})
-        for node in nodes:
-            for slot in node.get("inputs", []):
-                if slot["name"] in required and "widget" not in slot:
-                    assert slot.get("link") is not None, f"{kind}.{slot['name']} is not connected"
+    assert_required_inputs_connected(by_type, info)
 
     prompt = api_prompts15[name]
     for kind, values in SHIPPED[name].items():

@@ -31,8 +31,9 @@ import soundfile
 
 from comfyui_harness import WorkflowError
 
-from .test_workflows import (GENERATOR, WORKFLOWS_DIR, audio_outputs, declared_inputs, edited, executed_nodes,
-                             fresh, nodes_of, set_widgets, update_screenshot, write_test_song)
+from .test_workflows import (GENERATOR, WORKFLOWS_DIR, assert_required_inputs_connected, audio_outputs, declared_inputs,
+                             edited, executed_nodes, fresh, nodes_of, prompts_from_the_frontend, set_widgets,
+                             update_screenshot, write_test_song)
 from .test_workflows_v15 import audio_rate, check_song  # noqa: F401  (audio_rate: a module fixture)
 
 TASK_NAMES = list(GENERATOR.V15_TASK_WORKFLOWS)
@@ -101,12 +102,7 @@ def workflow_nodes(name: str) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def task_prompts(comfy_server, ui) -> dict[str, dict]:
     """Each shipped task workflow as the API prompt the frontend builds from it."""
-    fresh(ui)
-    prompts = {}
-    for name in TASK_NAMES:
-        ui.load_workflow(WORKFLOWS_DIR / f"{name}.json", drag_drop=False)
-        prompts[name] = ui.graph_to_prompt()
-    return prompts
+    return prompts_from_the_frontend(ui, TASK_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,13 +141,7 @@ def test_shipped_task_file(name, comfy_server, task_prompts):
     (note,) = by_type.pop("MarkdownNote")
     text = note["widgets_values"][0]
     info = comfy_server.object_info()
-    for kind, nodes in by_type.items():
-        assert kind in info, f"{kind} is not a node type of this server"
-        required = info[kind]["input"].get("required", {})
-        for node in nodes:
-            for slot in node.get("inputs", []):
-                if slot["name"] in required and "widget" not in slot:
-                    assert slot.get("link") is not None, f"{kind}.{slot['name']} is not connected"
+    assert_required_inputs_connected(by_type, info)
 
     (loader,) = by_type.get("LoadAceStepCheckpoint", []) + by_type.get("LoadAceStep15Split", [])
     models = loader["properties"]["models"]
