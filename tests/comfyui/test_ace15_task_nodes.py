@@ -91,6 +91,19 @@ CASES = {
 }
 
 
+def _record_cover_flags_and_hints(monkeypatch, dit) -> list:
+    """(is_covers, precomputed 25 Hz hints) of every condition the DiT prepares from now on."""
+    seen = []
+    original = dit.prepare_condition
+
+    def spy(*args, **kwargs):
+        seen.append((args[8], kwargs.get("precomputed_lm_hints_25Hz")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dit, "prepare_condition", spy)
+    return seen
+
+
 def _run(env, node_id, model, clip, samples, widgets, tags=TAGS, lyrics=LYRICS):
     node = env["ace15_tasks"].NODE_CLASS_MAPPINGS[node_id]()
     return node.execute(model, clip, samples, tags, lyrics, *widgets, *META)
@@ -197,14 +210,7 @@ def test_cover_hints_reach_the_dit(env, loaded, monkeypatch):
     samples = _source(132, seed=3)      # not a multiple of 5: padded with silence before tokenizing
     positive, negative, latent = _run(env, "AceStep15Cover", model, clip, samples, (1.0, 0))
     dit = model.model.diffusion_model
-    seen = []
-    original = dit.prepare_condition
-
-    def spy(*args, **kwargs):
-        seen.append((args[8], kwargs.get("precomputed_lm_hints_25Hz")))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(dit, "prepare_condition", spy)
+    seen = _record_cover_flags_and_hints(monkeypatch, dit)
     _ksample(env, model, positive, negative, latent)
     expected = cover_hints(dit, samples["samples"], _silence(model))
     assert seen and all(flag is True for flag, _ in seen)
@@ -259,14 +265,7 @@ def test_cover_from_planner_codes(env, loaded, monkeypatch):
     both = node.execute(model, clip, _source(60), TAGS, LYRICS, 1.0, 0, *META, audio_codes=_plan(codes))
     assert torch.equal(both[0][0][1]["acestep15_src_latents"], expected.src_latents)
 
-    seen = []
-    original = dit.prepare_condition
-
-    def spy(*args, **kwargs):
-        seen.append((args[8], kwargs.get("precomputed_lm_hints_25Hz")))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(dit, "prepare_condition", spy)
+    seen = _record_cover_flags_and_hints(monkeypatch, dit)
     out = _restore(env, _ksample(env, model, positive, negative, latent, cfg=2.0))["samples"]
     assert out.shape == (1, 64, 155) and torch.isfinite(out).all()
     assert seen and all(flag is True for flag, _ in seen)
