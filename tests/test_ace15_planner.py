@@ -334,3 +334,69 @@ def test_metadata_text_lists_sources():
                       [1] * 10, generated=("keyscale",)).metadata_text()
     assert "keyscale: C major (planner)" in text and "bpm: 90 (user)" in text and "audio codes: 10" in text
     json.dumps(text)
+
+
+class _ReplayLikeAGraph:
+    """A stand-in for ``record_cuda_graph`` on the CPU with a CUDA graph's contract: the step is
+    run once to warm up and once to "record", its output tensor is fixed at recording and every
+    replay overwrites that same tensor. A caller that kept an old output, or fed inputs anywhere
+    but the recorded input tensors, would decode other tokens than the eager loop."""
+
+    def __init__(self):
+        self.recordings = 0
+        self.replays = 0
+
+    def __call__(self, step):
+        self.recordings += 1
+        step()                      # the side-stream warm-up
+        output = step()             # the recording
+        recorded = output
+
+        def replay():
+            self.replays += 1
+            recorded.copy_(step())
+            return recorded
+        return replay
+
+
+@pytest.mark.parametrize("case", ["sampled", "no_cfg"])
+def test_graphed_decoding_equals_eager(planner, case, monkeypatch):
+    """The fixed-shape step CUDA graphs record (whole cache read, later slots masked, position as
+    a tensor) decodes the golden tokens with the same logits as the eager loop."""
+    from acestep_core.ace15 import planner as planner_module
+    stand_in = _ReplayLikeAGraph()
+    monkeypatch.setattr(planner_module, "record_cuda_graph", stand_in)
+    seed, cfg, temperature, top_p, top_k, min_p = GOLDEN[f"{case}.settings"].tolist()
+    want = GOLDEN[f"{case}.codes"].tolist()
+    kwargs = dict(seed=int(seed), cfg_scale=cfg, temperature=temperature, top_p=top_p, top_k=int(top_k),
+                  min_p=min_p, return_logits=True)
+    ids = GOLDEN["prompt_ids"].tolist(), GOLDEN["negative_ids"].tolist()
+    eager_codes, eager_logits = planner.generate_codes(*ids, len(want), cuda_graph=False, **kwargs)
+    codes, logits = planner.generate_codes(*ids, len(want), cuda_graph=True, **kwargs)
+    assert stand_in.recordings == 1 and stand_in.replays == len(want) - 1
+    assert codes == eager_codes == want
+    torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=0)
+
+
+def test_graph_recording_refused_falls_back_to_eager(planner, monkeypatch, caplog):
+    from acestep_core.ace15 import planner as planner_module
+
+    def refuse(step):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(planner_module, "record_cuda_graph", refuse)
+    want = GOLDEN["greedy.codes"].tolist()
+    ids = GOLDEN["prompt_ids"].tolist(), GOLDEN["negative_ids"].tolist()
+    seed, cfg, temperature, top_p, top_k, min_p = GOLDEN["greedy.settings"].tolist()
+    with caplog.at_level("WARNING", logger="acestep_core"):
+        codes = planner.generate_codes(*ids, len(want), seed=int(seed), cfg_scale=cfg, temperature=temperature,
+                                       top_p=top_p, top_k=int(top_k), min_p=min_p, cuda_graph=True)
+    assert codes == want
+    assert "CUDA graph recording failed" in caplog.text and "stream is capturing" in caplog.text
+
+
+def test_cuda_graphs_on_the_cpu_are_refused_clearly():
+    from acestep_core.ace15.planner import record_cuda_graph
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: recording is allowed here")
+    with pytest.raises(PlannerError, match="CUDA graphs need a CUDA device"):
+        record_cuda_graph(lambda: torch.zeros(1))

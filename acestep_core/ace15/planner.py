@@ -30,7 +30,8 @@ Speed: a preallocated KV cache, cond + uncond in one batch, logits only for the 
 (64000 codes instead of the 217204-row vocabulary, a handful of tokens while writing metadata),
 forced tokens of the grammar fed in one forward pass, one host sync per token (the token id,
 which the progress callback and the grammar need anyway). The residual stream, norms, attention
-and sampling are float32.
+and sampling are float32. On a CUDA device the codes pass decodes through one recorded CUDA graph
+(:class:`_GraphedDecodeStep` around :meth:`Planner._decode_step`, the step with fixed shapes).
 
 Matrix products (``products``, :data:`PRODUCTS`): ``float32`` computes each one in float32 on the
 stored 16-bit weights, cast block by block into one scratch buffer (:func:`acestep_core.ops.linear_upcast`;
@@ -48,6 +49,7 @@ natively, and ComfyUI's loop computes in bf16 there too where the GPU has it:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -66,6 +68,7 @@ from .planner_grammar import (AUDIO_CODE_END, AUDIO_CODE_OFFSET, METADATA_FIELDS
 Q_NORM_KEY = "model.layers.0.self_attn.q_norm.weight"
 EMBED_KEY = "model.embed_tokens.weight"
 LAYOUTS = ("comfyui_aio", "comfyui_text_encoder", "official")
+log = logging.getLogger("acestep_core")
 MASKED = torch.finfo(torch.float32).min / 4   # ComfyUI's additive attention mask value (llama.py, Llama2_.forward)
 
 
@@ -218,15 +221,63 @@ def read_planner_state_dict(path, layout: str | None = None, device="cpu") -> di
 # --- the model ---------------------------------------------------------------------------------
 class _KVCache:
     """Keys and values of every layer for a fixed maximum length, plus each slot's additive mask
-    (ComfyUI masks the left padding; everything else is visible, causality is added per call)."""
+    (ComfyUI masks the left padding; everything else is visible, causality is added per call).
+    Zero-filled: a fixed-shape decoding step (:meth:`Planner._decode_step`) reads the unwritten
+    slots too, masked, and a masked slot must hold a finite number to weigh exactly 0."""
 
     def __init__(self, config: PlannerConfig, batch: int, max_len: int, device, dtype=torch.float32):
         shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.key_bias = torch.zeros(batch, max_len, device=device, dtype=dtype)
         self.length = 0
         self.max_len = max_len
+
+
+def record_cuda_graph(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Record ``step`` (no arguments, reads and writes fixed tensors) as a CUDA graph; returns a
+    function that replays it and returns the recorded output tensor (overwritten by each replay).
+    ``step`` runs once on a side stream first, outside the recording, as ``torch.cuda.graphs``
+    asks (lazy initialisation, library workspaces), so it must be safe to run twice."""
+    if not torch.cuda.is_available():
+        raise PlannerError("CUDA graphs need a CUDA device")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return output
+    return replay
+
+
+class _GraphedDecodeStep:
+    """:meth:`Planner._decode_step` recorded once and replayed for every token: a 1.7B planner's
+    step at batch 2 is a few hundred small kernels, whose launches bound decoding on a GPU; one
+    graph launch replaces them (what ``transformers`` does with a static cache and
+    ``torch.compile(mode="reduce-overhead")``). The token and position are copied into the
+    recorded input tensors; recording happens at the first call, with that call's inputs, so the
+    side-stream run writes the same cache slot the replay then writes again."""
+
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int, device,
+                 record: Callable | None = None):
+        self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self._step = step
+        self._record = record or record_cuda_graph
+        self._replay = None
+
+    def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
+        self.token.copy_(token)
+        self.position.fill_(position)
+        if self._replay is None:
+            self._replay = self._record(lambda: self._step(self.token, self.position))
+        return self._replay()
 
 
 PRODUCTS = ("auto", "float32", "weight_dtype")
@@ -383,20 +434,54 @@ class Planner:
         """Run ``embeds`` [B, S, H] (float32) after what the cache holds; returns the final-norm
         hidden state of the last position [B, H] in float32. ``lin(x, weight)``: the matrix product
         (default: this planner's ``products``)."""
-        lin = lin or self._lin()
-        cfg = self.config
         batch, seq, _ = embeds.shape
         start, end = cache.length, cache.length + seq
         if end > cache.max_len:
             raise PlannerError(f"KV cache overflow ({end} > {cache.max_len})")
         cos_all, sin_all = self._rope(end)
-        cos, sin = cos_all[start:end], sin_all[start:end]
         mask = cache.key_bias[:, None, None, :end]
         if seq > 1:
             causal = torch.full((seq, end), MASKED, device=embeds.device).triu_(start + 1)
             mask = mask + causal
+
+        def store(i, k, v):
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v
+            return cache.k[i, :, :, :end], cache.v[i, :, :, :end]
+
+        x = self._layers(embeds, cos_all[start:end], sin_all[start:end], mask, store, lin or self._lin())
+        cache.length = end
+        return self.lm.model.norm(x[:, -1])
+
+    def _decode_step(self, token: torch.Tensor, position: torch.Tensor, cache: _KVCache,
+                     lin: Callable) -> torch.Tensor:
+        """One decoding step with shapes that never change, for CUDA graphs: ``token`` [B, 1] ids,
+        ``position`` a 0-d tensor (the slot it takes, ``cache.length``). Keys and values are
+        written at ``position`` and attention reads the whole cache with every later slot masked,
+        so nothing here depends on a Python number that changes from step to step. Equals
+        :meth:`_forward` on the same token (the masked slots weigh exactly 0; the cache must be
+        zero-filled so that unwritten slots hold no NaN). Does not advance ``cache.length``."""
+        cos_all, sin_all = self._rope(cache.max_len)
+        at = position.view(1)
+        later = torch.arange(cache.max_len, device=token.device) > position
+        mask = (cache.key_bias + later.to(cache.key_bias.dtype) * MASKED)[:, None, None, :]
+
+        def store(i, k, v):
+            cache.k[i].index_copy_(2, at, k)
+            cache.v[i].index_copy_(2, at, v)
+            return cache.k[i], cache.v[i]
+
+        x = self._layers(self._embed(token), cos_all.index_select(0, at), sin_all.index_select(0, at), mask, store, lin)
+        return self.lm.model.norm(x[:, -1])
+
+    def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                store: Callable, lin: Callable) -> torch.Tensor:
+        """The decoder layers on ``x`` [B, S, H] at the positions ``cos`` / ``sin`` belong to;
+        ``store(layer_index, k, v)`` puts the new keys and values in the cache and returns the keys
+        and values to attend to; ``mask`` is added to the attention scores."""
+        cfg = self.config
+        batch, seq, _ = x.shape
         groups = cfg.num_heads // cfg.num_kv_heads
-        x = embeds
         for i, layer in enumerate(self.lm.model.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -405,9 +490,7 @@ class Planner:
             v = lin(h, attn.v_proj.weight).view(batch, seq, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            cache.k[i, :, :, start:end] = k
-            cache.v[i, :, :, start:end] = v
-            keys, values = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
+            keys, values = store(i, k, v)
             if seq == 1:   # one query per head: group the query heads of each KV head, no KV copies
                 out = F.scaled_dot_product_attention(q.reshape(batch, cfg.num_kv_heads, groups, cfg.head_dim),
                                                      keys, values, attn_mask=mask)
@@ -420,8 +503,7 @@ class Planner:
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
             x = x + lin(F.silu(lin(h, mlp.gate_proj.weight)) * lin(h, mlp.up_proj.weight), mlp.down_proj.weight)
-        cache.length = end
-        return self.lm.model.norm(x[:, -1])
+        return x
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.model.embed_tokens(ids).float()
@@ -487,14 +569,18 @@ class Planner:
     def generate_codes(self, prompt_ids: list[int], negative_ids: list[int] | None, num_codes: int, *,
                        seed: int = 0, cfg_scale: float = 2.0, temperature: float = 0.85, top_p: float = 0.9,
                        top_k: int = 0, min_p: float = 0.0, progress: Callable | None = None,
-                       interrupt: Callable | None = None, return_logits: bool = False, products: str | None = None):
+                       interrupt: Callable | None = None, return_logits: bool = False, products: str | None = None,
+                       cuda_graph: bool | None = None):
         """``num_codes`` audio codes (0..63999), token for token what ComfyUI 0.20.1's
         ``generate_audio_codes`` draws for the same prompt ids, seed and settings.
 
         ``progress(done, total)`` is called after each code, ``interrupt()`` before each forward
         pass (it raises to stop). With ``return_logits`` also returns the per-step CFG input
         logits over the audio codes [steps, B, 64000] (for tests). ``products``: one of
-        :data:`PRODUCTS` for this call (default: the planner's)."""
+        :data:`PRODUCTS` for this call (default: the planner's). ``cuda_graph``: decode through one
+        recorded CUDA graph per generation (:class:`_GraphedDecodeStep`); default on for a CUDA
+        device. Should recording fail (a driver or library that refuses it), decoding goes on
+        eagerly with a warning; the tokens are the same either way."""
         if num_codes <= 0:
             return ([], torch.empty(0)) if return_logits else []
         use_cfg = cfg_scale != 1.0
@@ -511,6 +597,10 @@ class Planner:
         codes_rows = slice(AUDIO_CODE_OFFSET, AUDIO_CODE_END)
         vocab = self.config.vocab_size
         codes, kept = [], []
+        graphed = None
+        if cuda_graph or (cuda_graph is None and self.device.type == "cuda"):
+            graphed = _GraphedDecodeStep(lambda token, position: self._decode_step(token, position, cache, lin),
+                                         len(prompts), self.device)
         for step in range(num_codes):
             logits = self._logits(hidden, codes_rows, lin).float()
             if return_logits:
@@ -533,6 +623,16 @@ class Planner:
             if interrupt is not None:
                 interrupt()
             token = (index + AUDIO_CODE_OFFSET).view(1, 1).expand(len(prompts), 1)
+            if graphed is not None:
+                try:
+                    hidden = graphed(token, cache.length)
+                    cache.length += 1
+                    continue
+                except Exception as error:   # recording refused: the eager step below gives the same token
+                    if graphed._replay is not None:
+                        raise
+                    log.warning("planner: CUDA graph recording failed (%s); decoding without it", error)
+                    graphed = None
             hidden = self._forward(self._embed(token), cache, lin)
         if return_logits:
             return codes, torch.stack(kept)
