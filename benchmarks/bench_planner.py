@@ -22,6 +22,10 @@ loader's own peak is shown apart) and the codes; the summary says whether both d
 codes. A whole 60 s song is 300 codes; at ~8 s per token ComfyUI would take 40 minutes here, so
 measure a prefix (``--tokens``): tokens/s is per decode step and does not change along the song
 beyond the growing attention (a few % at 300 tokens for a ~150-token prompt).
+
+``--device cuda`` runs both sides on the GPU (ComfyUI's planner in the dtype its loader picks
+there, ours in the file's bf16, with and without its CUDA graph; peak = allocated GPU memory).
+Not yet run: no GPU has been lent to this project so far.
 """
 from __future__ import annotations
 
@@ -48,9 +52,21 @@ def _rss_mib(field="VmRSS"):
     return float("nan")
 
 
-def _reset_peak():
+def _reset_peak(device="cpu"):
+    if device == "cuda":
+        import torch
+        torch.cuda.reset_peak_memory_stats()
+        return
     with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
         f.write("5")
+
+
+def _peak_mib(device="cpu"):
+    """Peak while generating: resident set on the CPU, allocated GPU memory on CUDA."""
+    if device == "cuda":
+        import torch
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return _rss_mib("VmHWM")
 
 
 def write_weights(path: Path, size: str):
@@ -76,17 +92,18 @@ def worker_ours(args, ids):
 
     from acestep_core.ace15.planner import load_planner
     start = time.perf_counter()
-    planner = load_planner(args.weights, products=args.products)
+    planner = load_planner(args.weights, device=args.device, products=args.products)
     load_s = time.perf_counter() - start
     load_peak = _rss_mib("VmHWM")
-    _reset_peak()
+    _reset_peak(args.device)
     stamps = []
     start = time.perf_counter()
+    # the progress callback follows the token's .item(): each stamp is after the device finished it
     codes = planner.generate_codes(ids[0], ids[1], args.tokens, progress=lambda d, t: stamps.append(time.perf_counter()),
-                                   **SETTINGS)
+                                   cuda_graph=args.cuda_graph == "on", **SETTINGS)
     weights_kept = {str(p.dtype) for p in planner.lm.parameters()}
     return dict(codes=codes, load_s=load_s, load_peak_mib=load_peak, stamps=[s - start for s in stamps],
-                peak_mib=_rss_mib("VmHWM"), dtype=f"{planner.weight_dtype} ({args.products} products)",
+                peak_mib=_peak_mib(args.device), dtype=f"{planner.weight_dtype} ({args.products} products)",
                 threads=torch.get_num_threads(), weights_after=sorted(weights_kept))
 
 
@@ -94,26 +111,30 @@ def worker_comfyui(args, ids):
     sys.path.append(args.comfyui)
     import torch
     from comfy.cli_args import args as comfy_args
-    comfy_args.cpu = True
+    comfy_args.cpu = args.device == "cpu"
     import comfy.model_management as mm
     import comfy.text_encoders.ace15 as ace15
     import comfy.utils
     start = time.perf_counter()
-    dtype = mm.text_encoder_dtype(torch.device("cpu"))        # fp16 on the CPU, as the CLIP loader picks
-    model = ace15.Qwen3_2B_ACE15(device="cpu", dtype=dtype) if args.size != "4B" else ace15.Qwen3_4B_ACE15(device="cpu", dtype=dtype)
-    sd = comfy.utils.load_torch_file(args.weights)
+    device = torch.device(args.device)
+    dtype = mm.text_encoder_dtype(device)       # fp16 on the CPU, as the CLIP loader picks (bf16 on most GPUs)
+    size_class = ace15.Qwen3_2B_ACE15 if args.size != "4B" else ace15.Qwen3_4B_ACE15
+    model = size_class(device=args.device, dtype=dtype)
+    sd = comfy.utils.load_torch_file(args.weights, device=device)
     missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
     assert not unexpected, unexpected
     del sd
-    model.execution_device = torch.device("cpu")
+    model.execution_device = device
     load_s = time.perf_counter() - start
     load_peak = _rss_mib("VmHWM")
-    _reset_peak()
+    _reset_peak(args.device)
     stamps = []
     original = model.transformer.logits
 
     def logits(x):   # one call per generated token: time stamp after each step's logits
         out = original(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         stamps.append(time.perf_counter())
         return out
     model.transformer.logits = logits
@@ -123,7 +144,7 @@ def worker_comfyui(args, ids):
     codes = ace15.generate_audio_codes(model, positive, negative, min_tokens=args.tokens, max_tokens=args.tokens,
                                        **SETTINGS)
     return dict(codes=codes, load_s=load_s, load_peak_mib=load_peak, stamps=[s - start for s in stamps],
-                peak_mib=_rss_mib("VmHWM"), dtype=str(dtype), threads=torch.get_num_threads())
+                peak_mib=_peak_mib(args.device), dtype=str(dtype), threads=torch.get_num_threads())
 
 
 def summarize(name, result, show=True):
@@ -159,6 +180,10 @@ def main():
                         help="JSON file of ComfyUI's run: read if it exists (same weights, tokens and prompt), "
                              "else ComfyUI runs and its result is written there")
     parser.add_argument("--only", choices=["ours", "comfyui"], default=None)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: both sides on the GPU (ComfyUI in the dtype its loader picks there); "
+                             "ours runs with and without its CUDA graph")
+    parser.add_argument("--cuda-graph", choices=["on", "off"], default="off", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "comfyui"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -182,14 +207,16 @@ def main():
           f"{args.tokens} codes, settings {SETTINGS}; load average {' '.join(_load_average())}", flush=True)
     runs = []
     if args.only != "comfyui":
-        runs += [(f"ours {p}", "ours", sys.executable, p) for p in args.products.split(",")]
+        graphs = ["on", "off"] if args.device == "cuda" else ["off"]
+        runs += [(f"ours {p}" + (f" graph {g}" if args.device == "cuda" else ""), "ours", sys.executable, p, g)
+                 for p in args.products.split(",") for g in graphs]
     if args.only != "ours":
-        runs.append(("comfyui", "comfyui", args.comfyui_python, None))
+        runs.append(("comfyui", "comfyui", args.comfyui_python, None, "off"))
     results = {}
-    for name, side, python, products in runs:
+    for name, side, python, products, graph in runs:
         saved = Path(args.comfyui_result) if side == "comfyui" and args.comfyui_result else None
         run_key = json.loads(json.dumps(dict(weights=args.weights, tokens=args.tokens, size=args.size, ids=ids,
-                                             settings=SETTINGS)))   # as the file holds it (lists, not tuples)
+                                             settings=SETTINGS, **({"device": "cuda"} if args.device == "cuda" else {}))))   # as the file holds it (lists, not tuples)
         if saved is not None and saved.is_file():
             record = json.loads(saved.read_text())
             if record.get("run") != run_key:
@@ -201,7 +228,7 @@ def main():
             out = Path(args.weights).with_suffix(f".{side}.json")
             cmd = [python, __file__, "--worker", side, "--ids", str(ids_file), "--out", str(out), "--weights",
                    args.weights, "--tokens", str(args.tokens), "--size", args.size, "--comfyui", args.comfyui,
-                   "--products", products or "auto"]
+                   "--products", products or "auto", "--device", args.device, "--cuda-graph", graph]
             before = _load_average()
             subprocess.run(cmd, check=True, cwd=REPO)
             results[name] = json.loads(out.read_text())
