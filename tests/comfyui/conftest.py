@@ -5,9 +5,13 @@ on a fresh base directory with the pack symlinked into custom_nodes/. `tiny_chec
 two tiny random-weight checkpoints to its models/checkpoints/ (ComfyUI lists new files without
 a restart). Nothing is skipped: a server that cannot start, or that fails to import the pack,
 makes the tests error with the server's log.
+
+`in_process_env` is for tests that run the nodes in the test's own process instead (no server):
+each such module builds its `env` with it, naming the ComfyUI extras and pack node modules it uses.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -19,6 +23,27 @@ from comfyui_harness import REPO, ComfyServer, make_tiny_checkpoint
 TINY_SINGLE_FILE = "acestep_tiny_RANDOM_WEIGHTS_demo.safetensors"
 TINY_FOLDERS = "acestep_tiny_RANDOM_WEIGHTS_folders"
 SCREEN = (1600, 900)      # the browser window of the workflow tests (README screenshots)
+
+
+@pytest.fixture(scope="session")
+def in_process_env():
+    """Builds a test module's ComfyUI, in process: ``in_process_env(extras, pack_nodes)`` -> a dict
+    with ComfyUI's ``nodes`` module, each ComfyUI ``comfy_extras.<name>`` of ``extras`` and each
+    ``<pack>.nodes.<name>`` of ``pack_nodes``, by name. ComfyUI's progress bars are turned off (no
+    tqdm bars in the test log). A module calls it from its own module-scoped ``env`` fixture, so
+    it gets its own dict, made once."""
+    def build(extras: tuple[str, ...], pack_nodes: tuple[str, ...]) -> dict:
+        import comfy.utils
+
+        from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
+        comfy.utils.PROGRESS_BAR_ENABLED = False
+        env = {"nodes": comfy_nodes_module()}
+        env.update(comfy_extras(*extras))
+        pack_module()
+        for name in pack_nodes:
+            env[name] = importlib.import_module(f"{PACK}.nodes.{name}")
+        return env
+    return build
 
 
 @pytest.fixture(scope="session")

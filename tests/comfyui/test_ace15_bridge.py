@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
-
 REPO = Path(__file__).resolve().parents[2]
 TAGS = "synth pop, female vocal, 120 bpm"
 LYRICS = "[verse]\nNeon lights along the river\n[chorus]\nOh oh (oh)"
@@ -26,15 +24,9 @@ FRAMES = 50                                       # round(2 s * 48000 / 1920)
 
 
 @pytest.fixture(scope="module")
-def env():
-    import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    out = {"nodes": comfy_nodes_module()}
-    out.update(comfy_extras("nodes_ace", "nodes_audio", "nodes_model_advanced"))
-    pack_module()
-    for name in ("loaders", "ace15_bridge", "ace15_nodes"):
-        out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
-    return out
+def env(in_process_env):
+    return in_process_env(extras=("nodes_ace", "nodes_audio", "nodes_model_advanced"),
+                          pack_nodes=("loaders", "ace15_bridge", "ace15_nodes"))
 
 
 @pytest.fixture(scope="module")

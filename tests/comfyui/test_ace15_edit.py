@@ -9,14 +9,11 @@ tests/comfyui/test_task_nodes.py); a turbo checkpoint is refused, as the referen
 """
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 
 import pytest
 import torch
-
-from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
 
 TAGS = "synth pop, female vocal"
 OTHER_TAGS = "acoustic folk, male vocal"
@@ -27,15 +24,9 @@ MOMENTUM, NORM_THRESHOLD = -0.75, 2.5
 
 
 @pytest.fixture(scope="module")
-def env():
-    import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    out = {"nodes": comfy_nodes_module()}
-    out.update(comfy_extras("nodes_ace", "nodes_custom_sampler"))
-    pack_module()
-    for name in ("loaders", "ace15_nodes", "edit"):
-        out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
-    return out
+def env(in_process_env):
+    return in_process_env(extras=("nodes_ace", "nodes_custom_sampler"),
+                          pack_nodes=("loaders", "ace15_nodes", "edit"))
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ progress bar, Cancel, and ComfyUI's memory manager holding the planner.
 """
 from __future__ import annotations
 
-import importlib
 import time
 
 import pytest
 import torch
 
-from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
+from .pack_import import pack_module
 
 TAGS = "synth pop, female vocal"
 LYRICS = "[verse]\nNeon lights along the river\n[chorus]\nOh oh (oh)"
@@ -22,15 +21,9 @@ SAMPLING = dict(cfg_scale=2.0, temperature=0.85, top_p=0.9, top_k=0, min_p=0.0) 
 
 
 @pytest.fixture(scope="module")
-def env():
-    import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    out = {"nodes": comfy_nodes_module()}
-    out.update(comfy_extras("nodes_ace", "nodes_audio"))
-    pack_module()
-    for name in ("loaders", "ace15_nodes", "ace15_planner"):
-        out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
-    return out
+def env(in_process_env):
+    return in_process_env(extras=("nodes_ace", "nodes_audio"),
+                          pack_nodes=("loaders", "ace15_nodes", "ace15_planner"))
 
 
 @pytest.fixture(scope="module")

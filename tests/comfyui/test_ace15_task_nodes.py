@@ -16,7 +16,7 @@ import types
 import pytest
 import torch
 
-from .pack_import import PACK, comfy_extras, comfy_nodes_module, pack_module
+from .pack_import import PACK
 
 TAGS = "synth pop, female vocal"
 LYRICS = "[verse]\nNeon lights along the river"
@@ -25,15 +25,9 @@ META = ("en", 120, "4", "C major")          # language, bpm, timesignature, keys
 
 
 @pytest.fixture(scope="module")
-def env():
-    import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    out = {"nodes": comfy_nodes_module()}
-    out.update(comfy_extras("nodes_audio", "nodes_custom_sampler"))
-    pack_module()
-    for name in ("loaders", "ace15_bridge", "ace15_tasks", "tasks"):
-        out[name] = importlib.import_module(f"{PACK}.nodes.{name}")
-    return out
+def env(in_process_env):
+    return in_process_env(extras=("nodes_audio", "nodes_custom_sampler"),
+                          pack_nodes=("loaders", "ace15_bridge", "ace15_tasks", "tasks"))
 
 
 @pytest.fixture(scope="module")
