@@ -371,6 +371,27 @@ def test_repaint_of_a_short_song_cuts_the_padding(env, loaded):
     assert (done[..., keep] - samples["samples"][..., keep]).abs().max().item() == 0.0
 
 
+def test_restore_source_passes_other_latents_through_and_refuses_mismatches(env, loaded):
+    """AceStep15RestoreSource on what is not a sampled task latent: another latent passes through
+    with a warning (its noise_mask dropped); another batch or shape than the task's is a clear
+    error."""
+    model, clip, _ = loaded
+    restore = env["ace15_tasks"].AceStep15RestoreSource().restore
+    song = _source(50)
+    out = restore(dict(song, noise_mask=torch.ones(1, 1, 50)))
+    assert out["ui"]["text"] == ["AceStep15RestoreSource: this latent does not come from an ACE-Step 1.5 task "
+                                 "node; passed through"]
+    assert out["result"][0].keys() == {"samples", "type"} and out["result"][0]["samples"] is song["samples"]
+    _, _, latent = _run(env, "AceStep15Repaint", model, clip, _source(50, batch=2), (0.5, 1.0))
+    assert latent["samples"].shape == (2, 64, 128)       # padded to the 5.12 s minimum
+    with pytest.raises(ValueError, match=r"AceStep15RestoreSource: the sampled batch \(3\) does not match the "
+                                         r"source batch \(2\)"):
+        restore(dict(latent, samples=torch.zeros(3, 64, 128)))
+    with pytest.raises(ValueError, match=r"AceStep15RestoreSource: the latent has shape \[2, 64, 130\], but the "
+                                         r"task was made for \[2, 64, 128\]"):
+        restore(dict(latent, samples=torch.zeros(2, 64, 130)))
+
+
 def test_extend_keeps_the_source_and_adds_odd_lengths(env, loaded):
     model, clip, _ = loaded
     samples = _source(61, seed=6)                 # odd length, and odd extensions

@@ -295,6 +295,33 @@ def test_extend_nothing_passes_through(env):
     assert torch.equal(final["samples"], src["samples"])
 
 
+def test_restore_source_passes_other_latents_through_and_refuses_mismatches(env):
+    """AceStepRestoreSource on what is not a sampled Repaint / Extend latent: another latent passes
+    through with a warning (its noise_mask dropped); a source of one is put back into every sampled
+    item; another batch or another length than the task's is a clear error."""
+    restore = env["tasks"].AceStepRestoreSource().restore
+    src = _source()
+    out = restore(dict(src, noise_mask=torch.ones(1, 1, 16, FRAMES)))
+    assert out["ui"]["text"] == ["AceStepRestoreSource: this latent does not come from AceStepRepaint or "
+                                 "AceStepExtend; passed through"]
+    assert out["result"][0].keys() == {"samples", "type"} and out["result"][0]["samples"] is src["samples"]
+    latent, _ = _result(env["tasks"].AceStepRepaint().repaint(src, 0.5, 1.3, 0.6))
+    a, b = _frame(0.5), _frame(1.3)
+    final = _result(restore(dict(latent, samples=torch.full((2, 8, 16, FRAMES), 5.0))))[0]["samples"]
+    assert final.shape == (2, 8, 16, FRAMES)
+    for item in final:
+        assert torch.equal(item[..., :a], src["samples"][0, ..., :a]) and torch.all(item[..., a:b] == 5.0)
+        assert torch.equal(item[..., b:], src["samples"][0, ..., b:])
+    two = {"samples": torch.cat([src["samples"]] * 2), "type": "audio"}
+    latent, _ = _result(env["tasks"].AceStepRepaint().repaint(two, 0.5, 1.3, 0.6))
+    with pytest.raises(ValueError, match=r"AceStepRestoreSource: the sampled batch \(3\) does not match the "
+                                         r"source batch \(2\)"):
+        restore(dict(latent, samples=torch.zeros(3, 8, 16, FRAMES)))
+    with pytest.raises(ValueError, match=f"AceStepRestoreSource: the latent has {FRAMES - 1} frames but the task "
+                                         f"was made for {FRAMES}"):
+        restore(dict(latent, samples=torch.zeros(2, 8, 16, FRAMES - 1)))
+
+
 # =============================================================================================
 # Retake
 # =============================================================================================
