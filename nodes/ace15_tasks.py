@@ -52,7 +52,7 @@ from acestep_core.ace15.text_encoder import CAPTION_TOKEN_LIMIT, caption_prompt,
 from .ace15_bridge import Ace15BaseModel, Ace15Tokenizer, _pairs
 from .ace15_nodes import KEYSCALES, LANGUAGES, TIMESIGNATURES, text_encoder_kind
 from .ace15_planner import AUDIO_CODES_TYPE
-from .common import CATEGORY, log, node_errors
+from .common import CATEGORY, node_errors, restored_output, source_for_each_item, split_task_latent
 from .notices import warn_user
 
 CATEGORY_15 = CATEGORY + "/1.5"
@@ -576,20 +576,17 @@ def restore_source(samples: dict) -> tuple[dict, list[str]]:
     if not isinstance(samples, dict) or "samples" not in samples:
         raise ValueError(f"{node}: expected a LATENT (a dict with 'samples'), got {type(samples).__name__}.")
     sampled = samples["samples"]
-    task = samples.get(TASK15_KEY)
-    out = {k: v for k, v in samples.items() if k not in ("noise_mask", TASK15_KEY)}
-    if not isinstance(task, dict):
+    out, task = split_task_latent(samples, TASK15_KEY)
+    if task is None:
         return out, [f"{node}: this latent does not come from an ACE-Step 1.5 task node; passed through"]
-    target = task["target"].to(device=sampled.device, dtype=sampled.dtype)
+    target = task["target"]
     if sampled.ndim != 3 or sampled.shape[1:] != target.shape[1:]:
         raise ValueError(f"{node}: the latent has shape {list(sampled.shape)}, but the task was made for "
                          f"{list(target.shape)}; connect the sampler that sampled the task node's latent directly.")
-    if target.shape[0] not in (1, sampled.shape[0]):
-        raise ValueError(f"{node}: the sampled batch ({sampled.shape[0]}) does not match the source batch "
-                         f"({target.shape[0]}).")
+    target = source_for_each_item(node, target, sampled)
     if task["generate"] is not None:
         generate = task["generate"].to(sampled.device)
-        sampled = torch.where(generate, sampled, target.expand(sampled.shape[0], -1, -1))
+        sampled = torch.where(generate, sampled, target)
     out["samples"] = sampled[..., :task["valid_frames"]].contiguous()
     return out, []
 
@@ -608,12 +605,7 @@ class AceStep15RestoreSource:
     CATEGORY = CATEGORY_15
 
     def restore(self, samples):
-        out, messages = restore_source(samples)
-        for m in messages:
-            log.warning(m)
-        if messages:
-            return {"ui": {"text": messages}, "result": (out,)}
-        return (out,)
+        return restored_output(*restore_source(samples))
 
 
 NODE_CLASS_MAPPINGS = {

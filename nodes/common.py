@@ -1,5 +1,6 @@
 """What every node module of the pack shares: the menu category, the logger, the error prefix that
-tells the user which node failed, and the check of an ACE-Step latent."""
+tells the user which node failed, the check of an ACE-Step latent, and the LATENT handling that the
+restore step after a task (AceStepRestoreSource, AceStep15RestoreSource) has in common."""
 from __future__ import annotations
 
 import contextlib
@@ -40,6 +41,44 @@ def check_latent(latent, who: str, source: str = "VAEEncodeAudio with the ACE-St
     if latent.shape[-1] < 1:
         raise ValueError(f"{who}: the latent has 0 frames; there is no audio in it.")
     return latent
+
+
+def with_ui_text(result: tuple, messages: list[str]):
+    """A node's return value; its warnings also go to the node's UI output (shown by text widgets)."""
+    if messages:
+        return {"ui": {"text": messages}, "result": result}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# After sampling a task node's latent: what the v1 and the 1.5 restore step share. What each puts
+# back differs (v1: [B, 8, 16, T] latents and the 240 s extend window; 1.5: [B, 64, T] latents and
+# the padding cut off), so that stays in nodes/tasks.py and nodes/ace15_tasks.py.
+# ---------------------------------------------------------------------------------------------
+def split_task_latent(samples: dict, key: str) -> tuple[dict, dict | None]:
+    """A sampled LATENT -> (the LATENT without its noise_mask and its task data, the task data under
+    ``key``, or None where no task node made the latent). The samplers copy both keys from their
+    input latent to their output; neither belongs in the finished latent."""
+    task = samples.get(key)
+    out = {k: v for k, v in samples.items() if k not in ("noise_mask", key)}
+    return out, task if isinstance(task, dict) else None
+
+
+def source_for_each_item(node: str, source: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
+    """A task's source latent on the sampled latent's device and dtype, one per sampled item (a
+    source of one serves every item), or a ValueError when the batches do not match."""
+    source = source.to(device=sampled.device, dtype=sampled.dtype)
+    if source.shape[0] not in (1, sampled.shape[0]):
+        raise ValueError(f"{node}: the sampled batch ({sampled.shape[0]}) does not match the source batch "
+                         f"({source.shape[0]}).")
+    return source.expand(sampled.shape[0], *source.shape[1:])
+
+
+def restored_output(out: dict, messages: list[str]):
+    """The restore step's return value: the finished LATENT, its warnings logged and shown."""
+    for message in messages:
+        log.warning(message)
+    return with_ui_text((out,), messages)
 
 
 def bool_input(default: bool, tooltip: str):

@@ -36,11 +36,12 @@ import comfy.patcher_extension
 import comfy.sample
 import comfy.utils
 
-from acestep_core.constants import LATENT_CHANNELS, LATENT_HEIGHT, MAX_SECONDS
+from acestep_core.constants import LATENT_HEIGHT, MAX_SECONDS
 from acestep_core.tasks import (MAX_EXTEND_FRAMES, ExtendPlan, check_variance, extend_assemble, extend_frames,
                                 extend_latent, repaint_mask, repaint_noise, retake_noise)
 
-from .common import CATEGORY, check_latent, log, node_errors
+from .common import (CATEGORY, check_latent, log, node_errors, restored_output, source_for_each_item, split_task_latent,
+                     with_ui_text)
 TASK_KEY = "acestep_task"                 # LATENT dict key holding what AceStepRestoreSource needs
 RETAKE_WRAPPER_KEY = "acestep_retake"
 SEED_MAX = 0xffffffffffffffff
@@ -66,13 +67,6 @@ def _warn(node: str, messages: list[str]) -> list[str]:
     for message in messages:
         log.warning("%s: %s", node, message)
     return [f"{node}: {m}" for m in messages]
-
-
-def _with_ui(result: tuple, messages: list[str]):
-    """Node return value; warnings also go to the node's UI output (shown by text widgets)."""
-    if messages:
-        return {"ui": {"text": messages}, "result": result}
-    return result
 
 
 def _output_latent(samples: dict, latent: torch.Tensor, mask: torch.Tensor, task: dict) -> dict:
@@ -136,7 +130,7 @@ class AceStepRepaint:
         messages = _warn(node, warnings)
         task = {"kind": "repaint", "source": source, "mask": mask, "start_frame": start, "end_frame": end,
                 "variance": variance}
-        return _with_ui((_output_latent(samples, source, mask, task), variance), messages)
+        return with_ui_text((_output_latent(samples, source, mask, task), variance), messages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +174,7 @@ class AceStepExtend:
                                     f"{right_seconds:g} s): nothing is added, the latent passes through"])
             plan = ExtendPlan(0, 0, total, 0, total)
             task = {"kind": "extend", "source": source, "plan": plan, "mask": torch.zeros(total)}
-            return _with_ui((_output_latent(samples, source, torch.zeros(total), task),), messages)
+            return with_ui_text((_output_latent(samples, source, torch.zeros(total), task),), messages)
         with node_errors(node):
             window, mask, plan = extend_latent(source, left, right, MAX_EXTEND_FRAMES)
         warnings = []
@@ -190,7 +184,7 @@ class AceStepExtend:
             warnings.append(f"source + extension exceed the 240 s window: the {cut} source frames at the {side} "
                             "are not sampled with the new part; AceStepRestoreSource puts them back")
         task = {"kind": "extend", "source": source, "plan": plan, "mask": mask}
-        return _with_ui((_output_latent(samples, window, mask, task),), _warn(node, warnings))
+        return with_ui_text((_output_latent(samples, window, mask, task),), _warn(node, warnings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,15 +194,10 @@ def restore_source(samples: dict) -> tuple[dict, list[str]]:
     """LATENT sampled from a Repaint / Extend latent -> final LATENT (no mask, no task data)."""
     node = "AceStepRestoreSource"
     sampled = _source_latent(samples, node)
-    task = samples.get(TASK_KEY)
-    out = {k: v for k, v in samples.items() if k not in ("noise_mask", TASK_KEY)}
-    if not isinstance(task, dict):
+    out, task = split_task_latent(samples, TASK_KEY)
+    if task is None:
         return out, [f"{node}: this latent does not come from AceStepRepaint or AceStepExtend; passed through"]
-    source = task["source"].to(device=sampled.device, dtype=sampled.dtype)
-    if source.shape[0] not in (1, sampled.shape[0]):
-        raise ValueError(f"{node}: the sampled batch ({sampled.shape[0]}) does not match the source batch "
-                         f"({source.shape[0]}).")
-    source = source.expand(sampled.shape[0], *source.shape[1:])
+    source = source_for_each_item(node, task["source"], sampled)
     mask = task["mask"].to(sampled.device)
     if sampled.shape[-1] != mask.shape[-1]:
         raise ValueError(f"{node}: the latent has {sampled.shape[-1]} frames but the task was made for "
@@ -247,10 +236,7 @@ class AceStepRestoreSource:
     CATEGORY = CATEGORY
 
     def restore(self, samples):
-        out, messages = restore_source(samples)
-        for m in messages:
-            log.warning(m)
-        return _with_ui((out,), messages)
+        return restored_output(*restore_source(samples))
 
 
 # ---------------------------------------------------------------------------------------------
