@@ -185,33 +185,95 @@ def test_length_formula_matches_comfyui():
         assert latent["samples"].shape == (1, 8, 16, frames)
 
 
-def test_component_tensors_are_read_into_fresh_aligned_memory(tmp_path):
-    """Every stored dtype and shape (0-dim, empty) reads back exactly as safetensors stores it, into
-    fresh 64-byte-aligned tensors (the same CPU kernels whatever the file layout), and the file is
-    not left mapped into the process (mapped pages would count in its resident memory)."""
-    from safetensors.torch import load_file, save_file
+def _mixed_file(tmp_path):
+    from safetensors.torch import save_file
 
     from acestep_core.checkpoint import ComponentSource, read_safetensors_header
     g = torch.Generator().manual_seed(0)
     tensors = {"a.bf16": torch.randn(3, 5, generator=g).bfloat16(), "b.f32": torch.randn(7, generator=g),
                "c.f16": torch.randn(2, 3, 1, generator=g).half(), "d.i64": torch.arange(5),
                "e.bool": torch.tensor([True, False, True]), "f.scalar": torch.tensor(2.5),
-               "g.empty": torch.zeros(0, 4), "h.u8": torch.arange(9, dtype=torch.uint8)}
+               "g.empty": torch.zeros(0, 4), "h.u8": torch.arange(9, dtype=torch.uint8),
+               "i.f32_big": torch.randn(64, 16, generator=g)}
     path = tmp_path / "mixed.safetensors"
     save_file(tensors, str(path))
     info = read_safetensors_header(path)
-    source = ComponentSource("test", path, "", info.shapes, dtypes=info.dtypes)
-    read = source.state_dict()
+    return path, ComponentSource("test", path, "", info.shapes, dtypes=info.dtypes)
+
+
+def _mapped(path) -> bool:
     maps = Path("/proc/self/maps")
-    if maps.exists():
-        assert str(path) not in maps.read_text()
-    expected = load_file(str(path))    # (safetensors' own loader maps the file)
+    return maps.exists() and str(path) in maps.read_text()
+
+
+def _inside_mapping(tensor, path) -> bool:
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            low, high = (int(a, 16) for a in line.split()[0].split("-"))
+            if low <= address < high:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_component_tensors_read_exactly_mapped_or_aligned(tmp_path, monkeypatch, mapped):
+    """Every stored dtype and shape (0-dim, empty) reads back exactly as safetensors stores it.
+    Mapped (the default on the CPU): tensors kept in the file's dtype are views of the file's
+    pages; 4- and 8-byte values only where 64-byte aligned, else read into fresh aligned memory (a
+    float32 product sums in another order at other alignments). Not mapped: all fresh, aligned."""
+    from safetensors.torch import load
+
+    from acestep_core import checkpoint
+    monkeypatch.setattr(checkpoint, "MAP_STORED_WEIGHTS", mapped)
+    path, source = _mixed_file(tmp_path)
+    read = source.state_dict()
+    expected = load(path.read_bytes())    # safetensors' own reader (from bytes: it maps files it opens)
     assert set(read) == set(expected)
     for key, tensor in read.items():
         assert tensor.dtype == expected[key].dtype and torch.equal(tensor, expected[key]), key
-        assert tensor.numel() == 0 or tensor.data_ptr() % 64 == 0, key
+        if tensor.numel() and (tensor.element_size() > 2 or not mapped):
+            assert tensor.data_ptr() % 64 == 0, key
+    if Path("/proc/self/maps").exists():
+        views = {key for key, tensor in read.items() if tensor.numel() and _inside_mapping(tensor, path)}
+        if mapped:
+            assert {"a.bf16", "c.f16", "e.bool", "h.u8"} <= views
+            assert all(read[key].element_size() <= 2 or read[key].data_ptr() % 64 == 0 for key in views)
+        else:
+            assert not views and not _mapped(path)
+        del read, views, tensor
+        import gc
+        gc.collect()
+        assert not _mapped(path), "the mapping outlives the tensors"
+
+
+def test_mapped_weights_are_private_and_converted_ones_are_copies(tmp_path):
+    """A weight patched in place (ComfyUI's in-place LoRA patching) changes the process's copy,
+    never the file; tensors converted to another dtype are fresh memory (no mapped source kept)."""
+    from safetensors.torch import load
+    path, source = _mixed_file(tmp_path)
+    before = path.read_bytes()
+    read = source.state_dict()
+    read["a.bf16"].add_(1.0)
+    read["h.u8"].zero_()
+    assert path.read_bytes() == before
+    assert torch.equal(source.state_dict()["a.bf16"], load(before)["a.bf16"])
+    del read
     converted = source.state_dict(dtype=torch.float32)
     assert converted["a.bf16"].dtype == torch.float32 and converted["d.i64"].dtype == torch.int64
+    if Path("/proc/self/maps").exists():
+        assert not any(_inside_mapping(t, path) for k, t in converted.items() if t.is_floating_point() and t.numel())
+
+
+def test_a_file_cut_after_its_header_was_read_gives_the_read_error(tmp_path):
+    """Mapping a file shorter than its header says would kill the process at the first touch of a
+    missing page: a file cut after it was opened is checked again before any tensor is made."""
+    from acestep_core.checkpoint import CheckpointError
+    path, source = _mixed_file(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])
+    with pytest.raises(CheckpointError, match="truncated|ends inside tensor"):
+        source.state_dict()
 
 
 def test_reading_on_several_threads_gives_the_same_tensors_in_order(tmp_path, monkeypatch):
