@@ -41,14 +41,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
-def _apply_rotary_in_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """:func:`apply_rotary` without building ``rotate_half(x)``: ``x * cos``, then into its first
-    half ``- x2 * sin1`` and into its second ``+ x1 * sin2`` (cos and sin broadcast against x)."""
+def _apply_rotary_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` written into ``x`` (a float32 tensor the caller owns), without building
+    ``rotate_half(x)`` and holding a copy of the first half only: ``x1 <- x1 cos1 - x2 sin1``, then
+    ``x2 <- x2 cos2 + x1_old sin2`` (cos and sin broadcast against x)."""
     half = x.shape[-1] // 2
-    out = x * cos
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-    return out
+    first, second = x[..., :half], x[..., half:]
+    first_old = first.clone()
+    first.mul_(cos[..., :half]).addcmul_(second, sin[..., :half], value=-1)
+    second.mul_(cos[..., half:]).addcmul_(first_old, sin[..., half:])
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +229,7 @@ class Attention(nn.Module):
             h = h.mul_(weight)
         if rotary is not None:
             cos, sin = (t.to(torch.float32)[:, None, :] for t in rotary)   # [L, 1, head_dim]
-            h = _apply_rotary_in_halves(h, cos, sin)
+            h = _apply_rotary_in_place(h, cos, sin)
         return h.to(x.dtype)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
