@@ -46,14 +46,19 @@ def rope_tables(length: int, head_dim: int, theta: float, device=None, dtype=tor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, S, H, D] by position; float32 result.
+    """Rotate ``x`` [..., S, H, D] (tables [S, 1, D]) or [..., S, D] (tables ``[:, 0]``, [S, D]) by
+    position; float32 result.
 
     out[2m]   = x[2m]   cos[2m]   - x[2m+1] sin[2m]
     out[2m+1] = x[2m+1] cos[2m+1] + x[2m]   sin[2m+1]
+
+    Two products and a sum, as in the reference (comfy/ldm/ace/attention.py,
+    ``apply_rotary_emb``): a fused ``addcmul`` rounds once instead of twice and differs in the
+    last bit.
     """
     x = x.float()
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2m+1], x[2m]) at (2m, 2m+1)
-    return torch.addcmul(x * cos, swapped, sin_signed)
+    return x * cos + swapped * sin_signed
 
 
 class RopeCache:
@@ -102,25 +107,41 @@ class LinearSelfAttention(nn.Module):
         self.query_scale: float = 1.0
 
     def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, dim]; rope = (cos, sin_signed) for T positions; mask [B, T], 1 = real frame."""
+        """x [B, T, dim]; rope = (cos, sin_signed) for T positions; mask [B, T], 1 = real frame.
+
+        The operations, their order and the tensor layouts are those of ComfyUI's ACE-Step model
+        (comfy/ldm/ace/attention.py, ``CustomLiteLAProcessor2_0.__call__``), so that in float32 the
+        result is the same to the bit: heads laid out [B, H, D, T] (q, v) and [B, H, T, D] (k), the
+        values padded with a row of ones so that one product ``(v; 1) k`` gives the numerator and
+        the denominator sums together, then ``((v; 1) k) q`` and a division by its last row.
+        """
+        batch, frames, _ = x.shape
+        heads, head_dim = self.heads, self.head_dim
         q = self.to_q(x)
         if self.query_scale != 1.0:
             q = q * self.query_scale
-        q = apply_rope(q.unflatten(-1, (self.heads, self.head_dim)), *rope)
-        k = apply_rope(self.to_k(x).unflatten(-1, (self.heads, self.head_dim)), *rope)
-        v = self.to_v(x).unflatten(-1, (self.heads, self.head_dim)).float()
+        k = self.to_k(x)
+        v = self.to_v(x)
+        q = q.transpose(1, 2).reshape(batch, heads, head_dim, frames)                    # [B, H, D, T]
+        k = k.transpose(1, 2).reshape(batch, heads, head_dim, frames).transpose(-1, -2)  # [B, H, T, D]
+        v = v.transpose(1, 2).reshape(batch, heads, head_dim, frames)                    # [B, H, D, T]
+        cos, sin_signed = rope[0][:, 0], rope[1][:, 0]                                   # [T, D]
+        # Rotated in float32 and rounded back to the activation dtype (a no-op in float32), as there.
+        q = apply_rope(q.transpose(-1, -2), cos, sin_signed).to(x.dtype).transpose(-1, -2)
+        k = apply_rope(k, cos, sin_signed).to(x.dtype)
         if mask is not None:
             # A padded frame neither attends (q = 0 gives output 0) nor is attended (k = v = 0).
-            m = mask.to(torch.float32)[:, :, None, None]
-            q, k, v = q * m, k * m, v * m
-        q = q.relu_()
-        k = k.relu_()
-        kv = torch.einsum("bshd,bshe->bhde", k, v)            # sum_s k_s v_s^T   [B, H, D, D]
-        k_sum = k.sum(dim=1)                                    # sum_s k_s         [B, H, D]
-        numerator = torch.einsum("bshd,bhde->bshe", q, kv)    # [B, T, H, D]
-        denominator = torch.einsum("bshd,bhd->bsh", q, k_sum)  # [B, T, H]
-        out = numerator.div_(denominator.add_(LINEAR_ATTENTION_EPS).unsqueeze(-1))
-        return self.to_out[0](out.flatten(-2).to(x.dtype))
+            m = mask.to(device=x.device, dtype=k.dtype)[:, None, :, None]                 # [B, 1, T, 1]
+            q = q * m.transpose(-1, -2)
+            k = k * m
+            v = v * m.transpose(-1, -2)
+        q, k, v = F.relu(q).float(), F.relu(k).float(), v.float()
+        v = F.pad(v, (0, 0, 0, 1), mode="constant", value=1.0)    # [B, H, D+1, T]: last row ones
+        vk = torch.matmul(v, k)                                     # [B, H, D+1, D]: sum_s (v_s; 1) k_s^T
+        out = torch.matmul(vk, q)                                   # [B, H, D+1, T]
+        out = out[:, :, :-1] / (out[:, :, -1:] + LINEAR_ATTENTION_EPS)
+        out = out.view(batch, heads * head_dim, frames).permute(0, 2, 1)                 # [B, T, H*D]
+        return self.to_out[0](out.to(x.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
