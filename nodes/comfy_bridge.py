@@ -43,7 +43,9 @@ and names it when a ComfyUI release moves it):
   comfy.model_management: get_torch_device, unet_offload_device, text_encoder_offload_device,
       vae_device, vae_offload_device, intermediate_device, get_free_memory, load_models_gpu,
       dtype_size, throw_exception_if_processing_interrupted;
-  comfy.utils.ProgressBar.
+  comfy.utils.ProgressBar;
+  comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, mask=, skip_reshape=True,
+      transformer_options=) (the cross-attention, see comfy_attention).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from torch import nn
 
 import comfy.conds
 import comfy.latent_formats
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -207,6 +210,19 @@ def _latent_format_class():
     return AceStepAudioLatent
 
 
+def comfy_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                    transformer_options: dict | None = None) -> torch.Tensor:
+    """The core's cross-attention function (contract: ``acestep_core.models.attention.sdpa_attention``)
+    served by ComfyUI's ``optimized_attention``, called as ComfyUI's own ACE-Step model calls it
+    (comfy/ldm/ace/attention.py, ``CustomerAttnProcessor2_0.__call__``): the backend ComfyUI chose
+    at start (sage / flash / xformers / PyTorch on GPUs, sub-quadratic on the CPU unless told
+    otherwise) and an ``optimized_attention_override`` in the transformer options. Looked up at
+    each call, so a pack that swaps it in is seen."""
+    return comfy.ldm.modules.attention.optimized_attention(
+        q, k, v, heads=q.shape[1], mask=mask, skip_reshape=True,
+        transformer_options={} if transformer_options is None else transformer_options)
+
+
 class AceStepDiffusionModel(AceStepTransformer):
     """acestep_core's transformer as ComfyUI's ``diffusion_model``: built by ``BaseModel.__init__``
     from the unet_config with the operations ComfyUI picks, on the meta device (the weights are
@@ -219,7 +235,7 @@ class AceStepDiffusionModel(AceStepTransformer):
         # extended so the core's fast paths read weights the way the layers' own forward does.
         operations = with_cast_weight_bias(operations or comfy.ops.disable_weight_init)
         with torch.device("meta"):
-            super().__init__(acestep_config, dtype=dtype, operations=operations)
+            super().__init__(acestep_config, dtype=dtype, operations=operations, attention_function=comfy_attention)
 
     def forward(self, x, timestep, context=None, transformer_options={}, **kwargs):
         return comfy.patcher_extension.WrapperExecutor.new_class_executor(

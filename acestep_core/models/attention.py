@@ -147,20 +147,38 @@ class LinearSelfAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Cross-attention: softmax attention from the latent frames to the context tokens
 # ---------------------------------------------------------------------------------------------
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                   transformer_options: dict | None = None) -> torch.Tensor:
+    """The default ``attention_function`` of :class:`CrossAttention`: softmax(q k^T / sqrt(D) + mask) v.
+
+    q [B, H, T, D], k and v [B, H, S, D]; ``mask`` None or an additive float mask (0 = attend,
+    -inf = not) that broadcasts to [B, H, T, S]; ``transformer_options`` is ComfyUI's dict (or
+    None), ignored here. Returns [B, T, H*D], heads side by side.
+
+    This is the contract of ComfyUI's ``optimized_attention(q, k, v, heads, mask=...,
+    skip_reshape=True)``, so a caller can hand that in instead (the pack's ComfyUI bridge does:
+    ComfyUI's chosen backend, as for its own ACE-Step model).
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(-2)
+
+
 class CrossAttention(nn.Module):
     """Scaled dot-product attention; q gets the latent RoPE, k the context RoPE, v none.
 
-    ``add_q_proj``, ``add_k_proj``, ``add_v_proj`` and ``to_add_out`` exist in the released
-    weights but no implementation uses them; they are kept only so the checkpoint loads strictly.
+    ``attention_function`` (default :func:`sdpa_attention`, see there for the contract) computes the
+    attention itself from the rotated heads. ``add_q_proj``, ``add_k_proj``, ``add_v_proj`` and
+    ``to_add_out`` exist in the released weights but no implementation uses them; they are kept
+    only so the checkpoint loads strictly.
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, device=None, dtype=None,
-                 operations=None):
+                 operations=None, attention_function=None):
         super().__init__()
         ops = layer_ops.resolve(operations)
         inner = heads * head_dim
         self.heads = heads
         self.head_dim = head_dim
+        self.attention_function = attention_function or sdpa_attention
         self.to_q = ops.Linear(dim, inner, bias=True, device=device, dtype=dtype)
         self.to_k = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
         self.to_v = ops.Linear(context_dim, inner, bias=True, device=device, dtype=dtype)
@@ -172,14 +190,16 @@ class CrossAttention(nn.Module):
         self.query_scale: float = 1.0
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, rope_x, rope_context,
-                context_mask: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, dim], context [B, S, context_dim]; masks [B, S] / [B, T] with 1 = keep.
+                context_mask: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None,
+                transformer_options: dict | None = None) -> torch.Tensor:
+        """x [B, T, dim], context [B, S, context_dim]; masks [B, S] / [B, T] with 1 = keep;
+        ``transformer_options`` is handed to the attention function.
 
         A padded latent frame (latent mask 0), or a frame whose context is fully masked, gets a
         zero attention output: the reference builds an all -inf score row there, which
-        PyTorch's softmax attention turns into 0. (With a latent mask but no context mask the
-        reference hands the [B, T] mask to SDPA as if it were a score mask and fails; here the
-        padded frames are simply zeroed the same way.)
+        PyTorch's softmax attention turns into 0 (other backends into NaN). (With a latent mask
+        but no context mask the reference hands the [B, T] mask to SDPA as if it were a score
+        mask and fails; here the padded frames are simply zeroed the same way.)
         """
         shape = (self.heads, self.head_dim)
         q = self.to_q(x)
@@ -190,15 +210,19 @@ class CrossAttention(nn.Module):
         v = self.to_v(context).unflatten(-1, shape)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D] views
 
-        keep_key = keep_row = None
+        score_mask = keep_row = None
         if context_mask is not None:
             keep_key = (context_mask != 0).to(x.device)                      # [B, S]
             keep_row = keep_key.any(dim=-1, keepdim=True)                    # [B, 1]
+            # Additive, as the reference builds it (0 where kept, -inf elsewhere); one row for
+            # every frame and head.
+            score_mask = torch.zeros(keep_key.shape, device=x.device, dtype=q.dtype)
+            score_mask = score_mask.masked_fill_(~keep_key, float("-inf"))[:, None, None, :]  # [B, 1, 1, S]
         if latent_mask is not None:
             keep_frame = (latent_mask != 0).to(x.device)                     # [B, T]
             keep_row = keep_frame if keep_row is None else keep_row & keep_frame
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if keep_key is None else keep_key[:, None, None, :])
+        out = self.attention_function(q, k, v, score_mask, transformer_options=transformer_options)
+        out = out.to(x.dtype)                                                 # [B, T, H*D]
         if keep_row is not None:
-            out = torch.where(keep_row[:, None, :, None], out, 0.0)          # also clears NaN rows
-        return self.to_out[0](out.transpose(1, 2).flatten(-2))
+            out = torch.where(keep_row[:, :, None], out, 0.0)                 # also clears NaN rows
+        return self.to_out[0](out)

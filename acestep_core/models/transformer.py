@@ -121,12 +121,13 @@ def _depthwise3(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torc
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None,
+                 attention_function=None):
         super().__init__()
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         kw = dict(device=device, dtype=dtype, operations=operations)
         self.attn = LinearSelfAttention(dim, heads, head_dim, **kw)
-        self.cross_attn = CrossAttention(dim, dim, heads, head_dim, **kw)
+        self.cross_attn = CrossAttention(dim, dim, heads, head_dim, **kw, attention_function=attention_function)
         self.ff = GLUConvFeedForward(dim, config.mlp_hidden_dim, **kw)
         # Learned offsets of the six modulation vectors, added to the shared timestep projection.
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim, device=device, dtype=dtype) / dim ** 0.5)
@@ -150,7 +151,7 @@ class TransformerBlock(nn.Module):
         h = torch.addcmul(h, gate_msa, attended)
 
         def cross_attention(x, context=context, value=None):
-            return self.cross_attn(x, context, rope_x, rope_context, context_mask, latent_mask)
+            return self.cross_attn(x, context, rope_x, rope_context, context_mask, latent_mask, transformer_options)
         patch = attention_replacement(transformer_options, "attn2")
         if patch is None:
             h = h + cross_attention(h)
@@ -231,10 +232,13 @@ class AceStepTransformer(nn.Module):
     """``operations`` (default: plain torch layers, see acestep_core.ops), ``dtype`` (how the
     weights are stored) and ``device`` as ComfyUI's models take them. ``compute_dtype``: the
     activation dtype when it differs from the weights' (the operations must then cast each
-    weight at use, as ComfyUI's manual-cast operations do), else None."""
+    weight at use, as ComfyUI's manual-cast operations do), else None. ``attention_function``:
+    the softmax attention of the cross-attention layers (default ``F.scaled_dot_product_attention``;
+    contract in :func:`acestep_core.models.attention.sdpa_attention`), e.g. ComfyUI's
+    ``optimized_attention`` inside ComfyUI."""
 
     def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None,
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, attention_function=None):
         super().__init__()
         if config.lyric_hidden_size != config.lyric_encoder.hidden_size:
             raise ConfigError(f"lyric embedding width {config.lyric_hidden_size} differs from the lyric encoder "
@@ -246,7 +250,8 @@ class AceStepTransformer(nn.Module):
         sub = dict(kw, operations=operations)
         dim = config.inner_dim
 
-        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **sub) for _ in range(config.num_layers))
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **sub, attention_function=attention_function)
+                                                for _ in range(config.num_layers))
         self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **sub)
         self.t_block = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim, **kw))
 

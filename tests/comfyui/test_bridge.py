@@ -265,6 +265,64 @@ def test_patch_embedding_equals_comfyui_ace_bit_for_bit(model_dirs, loaded):
     assert got.shape == expected.shape and torch.equal(got, expected), (got - expected).abs().max()
 
 
+@torch.no_grad()
+def test_cross_attention_runs_comfyui_attention_bit_for_bit(pack, loaded):
+    """Our MODEL's cross-attention computes the softmax attention with ComfyUI's own
+    ``optimized_attention`` (sub-quadratic here, in --cpu mode), called as ComfyUI's ACE-Step
+    model calls it: float32 output equal to CustomerAttnProcessor2_0's to the bit, with and
+    without masks (F.scaled_dot_product_attention differed by ~7e-7 relative at the real width)."""
+    import comfy.ldm.modules.attention
+    import comfy.ops
+    from comfy.ldm.ace.attention import Attention, CustomerAttnProcessor2_0
+    from comfy.ldm.ace.model import Qwen2RotaryEmbedding
+    from acestep_core.models.attention import CrossAttention, rope_tables
+
+    comfy_attention = pack["bridge"].comfy_attention
+    blocks = loaded[0].model.diffusion_model.transformer_blocks
+    assert all(block.cross_attn.attention_function is comfy_attention for block in blocks)
+
+    heads, head_dim, frames, tokens = 2, 128, 33, 19
+    dim = heads * head_dim
+    ours = CrossAttention(dim, dim, heads, head_dim, attention_function=comfy_attention).eval()
+    theirs = Attention(query_dim=dim, cross_attention_dim=dim, added_kv_proj_dim=dim, dim_head=head_dim,
+                       heads=heads, out_dim=dim, context_pre_only=False, bias=True,
+                       processor=CustomerAttnProcessor2_0(), operations=comfy.ops.disable_weight_init).eval()
+    g = torch.Generator().manual_seed(9)
+    state = {k: torch.randn(v.shape, generator=g) / v.shape[-1] ** 0.5 for k, v in ours.state_dict().items()}
+    ours.load_state_dict(state, strict=True)
+    theirs.load_state_dict(state, strict=True)
+    x, context = torch.randn(2, frames, dim, generator=g), torch.randn(2, tokens, dim, generator=g)
+    table = Qwen2RotaryEmbedding(head_dim, max_position_embeddings=64, base=1e6)
+    context_mask = torch.ones(2, tokens)
+    context_mask[1, 11:] = 0
+    for masks in ((None, None), (context_mask, torch.ones(2, frames))):
+        expected = theirs(x, encoder_hidden_states=context, encoder_attention_mask=masks[0], attention_mask=masks[1],
+                          rotary_freqs_cis=table(x, seq_len=frames), rotary_freqs_cis_cross=table(x, seq_len=tokens))
+        got = ours(x, context, rope_tables(frames, head_dim, 1e6), rope_tables(tokens, head_dim, 1e6), *masks)
+        assert torch.equal(got, expected), (comfy.ldm.modules.attention.optimized_attention.__name__, masks[0] is None,
+                                            (got - expected).abs().max())
+
+
+def test_attention_override_reaches_our_cross_attention(comfy_env, loaded, conds):
+    """``transformer_options["optimized_attention_override"]`` (how ComfyUI and other packs swap
+    the attention per model) is called for our cross-attention as for ComfyUI's own models: once
+    per block and model call; one that runs the attention it is given leaves the latent bit-equal."""
+    base = loaded[0]
+    blocks = len(base.model.diffusion_model.transformer_blocks)
+    calls = []
+
+    def override(attention, *args, **kwargs):
+        calls.append(attention.__name__)
+        return attention(*args, **kwargs)
+
+    plain = _ksample(comfy_env, base, conds, _empty_latent(comfy_env))
+    model = base.clone()
+    model.model_options["transformer_options"] = dict(model.model_options.get("transformer_options", {}),
+                                                      optimized_attention_override=override)
+    assert torch.equal(_ksample(comfy_env, model, conds, _empty_latent(comfy_env)), plain)
+    assert len(calls) >= STEPS * blocks and len(calls) % blocks == 0
+
+
 def test_extra_conds_match_comfyui(loaded, conds):
     """Our extra_conds gives ComfyUI ACEStep's keyword arguments for the same conditioning."""
     import comfy.model_base

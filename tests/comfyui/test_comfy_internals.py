@@ -58,6 +58,8 @@ FUNCTIONS = [
     ("comfy.model_management", "dtype_size", [], "VAE memory estimates"),
     ("comfy.model_management", "throw_exception_if_processing_interrupted", [], "Cancel"),
     ("comfy.utils", "ProgressBar.__init__", ["self", "total"], "progress"),
+    ("comfy.ldm.modules.attention", "optimized_attention", ["heads", "mask", "skip_reshape"],
+     "the cross-attention (comfy_attention: ComfyUI's chosen attention backend)"),
 ]
 
 
