@@ -230,6 +230,34 @@ def test_linear_self_attention_equals_comfyui_processor_bit_for_bit():
         assert torch.equal(got, expected), (mask is not None, rel_err(got, expected))
 
 
+@torch.no_grad()
+def test_forward_equals_comfyui_bit_for_bit_except_the_feed_forward():
+    """Float32, given ComfyUI's attention function for the cross-attention and ComfyUI's
+    feed-forward (our 1x1 convs are matrix products, which round differently and are kept for
+    speed), the whole model gives ComfyUI's output to the bit: patch embedding, modulation, both
+    attentions, lyric encoder and output layer compute the reference's operations in its order."""
+    cfg = HEAD128
+    attention = comfy.ldm.ace.attention.optimized_attention     # what ComfyUI's model calls
+
+    def comfy_attention(q, k, v, mask=None, transformer_options=None):
+        return attention(q, k, v, heads=q.shape[1], mask=mask, skip_reshape=True,
+                         transformer_options=transformer_options or {})
+
+    ours = AceStepTransformer(cfg, attention_function=comfy_attention).eval()
+    theirs = comfy_transformer(cfg).eval()
+    state = random_state(ours, seed=1)
+    ours.load_state_dict(state, strict=True)
+    theirs.load_state_dict(state, strict=True)
+    for mine, reference in zip(ours.transformer_blocks, theirs.transformer_blocks):
+        mine.ff = reference.ff
+    for name, kwargs in _cases(cfg, torch.Generator().manual_seed(3), (7,)):
+        if "padded latent" in name:
+            continue      # padded frames: the reference's -inf score rows, ours zeroed (see _cases)
+        expected = theirs(**kwargs, transformer_options={})
+        got = ours(**kwargs, transformer_options={})
+        assert torch.equal(got, expected), (name, rel_err(got, expected))
+
+
 def _cases(cfg, generator, widths):
     """(name, kwargs) of forward calls covering timesteps, masks, empty lyrics, lyrics_strength and
     odd latent lengths. ``comfy_extra`` holds arguments given to ComfyUI's model only."""

@@ -141,14 +141,17 @@ class TransformerBlock(nn.Module):
         modulation = layer_ops.cast_like(self.scale_shift_table, temb) + temb.view(batch, 6, dim)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)  # [B, 1, C]
 
-        n = torch.addcmul(shift_msa, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_msa)
+        # Products and sums unfused, in the reference's order (comfy/ldm/ace/attention.py,
+        # LinearTransformerBlock.forward, t2i_modulate): a fused addcmul rounds once instead of
+        # twice, and float32 results would differ from ComfyUI's in the last bit.
+        n = F.rms_norm(h, (dim,), eps=RMS_EPS) * (1 + scale_msa) + shift_msa
         self_attention = lambda x, context=None, value=None: self.attn(x, rope_x, latent_mask)  # noqa: E731
         patch = attention_replacement(transformer_options, "attn1")
         if patch is None:
             attended = self_attention(n)
         else:
             attended = patch(n, n, n, _patch_options(transformer_options, self.attn, self_attention))
-        h = torch.addcmul(h, gate_msa, attended)
+        h = gate_msa * attended + h
 
         def cross_attention(x, context=context, value=None):
             return self.cross_attn(x, context, rope_x, rope_context, context_mask, latent_mask, transformer_options)
@@ -157,8 +160,8 @@ class TransformerBlock(nn.Module):
             h = h + cross_attention(h)
         else:
             h = h + patch(h, context, context, _patch_options(transformer_options, self.cross_attn, cross_attention))
-        n = torch.addcmul(shift_mlp, F.rms_norm(h, (dim,), eps=RMS_EPS), 1 + scale_mlp)
-        return torch.addcmul(h, gate_mlp, self.ff(n))
+        n = F.rms_norm(h, (dim,), eps=RMS_EPS) * (1 + scale_mlp) + shift_mlp
+        return h + gate_mlp * self.ff(n)
 
 
 def _patch_options(transformer_options, attention: nn.Module, default) -> dict:
@@ -217,7 +220,8 @@ class FinalLayer(nn.Module):
         """Modulated by the timestep embedding *before* ``t_block`` (as in the reference)."""
         table = layer_ops.cast_like(self.scale_shift_table, h)
         shift, scale = (table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
-        return self.linear(torch.addcmul(shift, F.rms_norm(h, (h.shape[-1],), eps=RMS_EPS), 1 + scale))
+        # Unfused, as the reference's t2i_modulate (see TransformerBlock.forward).
+        return self.linear(F.rms_norm(h, (h.shape[-1],), eps=RMS_EPS) * (1 + scale) + shift)
 
 
 def _match_statistics(hidden: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
