@@ -235,7 +235,11 @@ class AceStepDiffusionModel(AceStepTransformer):
         # extended so the core's fast paths read weights the way the layers' own forward does.
         operations = with_cast_weight_bias(operations or comfy.ops.disable_weight_init)
         with torch.device("meta"):
-            super().__init__(acestep_config, dtype=dtype, operations=operations, attention_function=comfy_attention)
+            # reference_order: the feed-forward in ComfyUI's own steps, so that our MODEL computes what
+            # ComfyUI's ACE model computes, bit for bit in float32 (its 1x1 convs are slower on the
+            # CPU than the core's matrix-product alternative; the same speed on a GPU)
+            super().__init__(acestep_config, dtype=dtype, operations=operations, attention_function=comfy_attention,
+                             reference_order=True)
 
     def forward(self, x, timestep, context=None, transformer_options={}, **kwargs):
         return comfy.patcher_extension.WrapperExecutor.new_class_executor(

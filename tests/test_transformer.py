@@ -231,11 +231,12 @@ def test_linear_self_attention_equals_comfyui_processor_bit_for_bit():
 
 
 @torch.no_grad()
-def test_forward_equals_comfyui_bit_for_bit_except_the_feed_forward():
-    """Float32, given ComfyUI's attention function for the cross-attention and ComfyUI's
-    feed-forward (our 1x1 convs are matrix products, which round differently and are kept for
-    speed), the whole model gives ComfyUI's output to the bit: patch embedding, modulation, both
-    attentions, lyric encoder and output layer compute the reference's operations in its order."""
+def test_forward_in_reference_order_equals_comfyui_bit_for_bit():
+    """Float32, given ComfyUI's attention function for the cross-attention and ``reference_order``
+    (the feed-forward in ComfyUI's own steps; the fast path's 1x1 convs as matrix products round
+    differently), the whole model gives ComfyUI's output to the bit: patch embedding, modulation,
+    both attentions, feed-forward, lyric encoder and output layer compute the reference's
+    operations in its order. This is how the ComfyUI bridge builds it."""
     cfg = HEAD128
     attention = comfy.ldm.ace.attention.optimized_attention     # what ComfyUI's model calls
 
@@ -243,13 +244,11 @@ def test_forward_equals_comfyui_bit_for_bit_except_the_feed_forward():
         return attention(q, k, v, heads=q.shape[1], mask=mask, skip_reshape=True,
                          transformer_options=transformer_options or {})
 
-    ours = AceStepTransformer(cfg, attention_function=comfy_attention).eval()
+    ours = AceStepTransformer(cfg, attention_function=comfy_attention, reference_order=True).eval()
     theirs = comfy_transformer(cfg).eval()
     state = random_state(ours, seed=1)
     ours.load_state_dict(state, strict=True)
     theirs.load_state_dict(state, strict=True)
-    for mine, reference in zip(ours.transformer_blocks, theirs.transformer_blocks):
-        mine.ff = reference.ff
     for name, kwargs in _cases(cfg, torch.Generator().manual_seed(3), (7,)):
         if "padded latent" in name:
             continue      # padded frames: the reference's -inf score rows, ours zeroed (see _cases)
@@ -494,3 +493,26 @@ def test_feed_forward_blocks_equal_the_reference_convolutions(monkeypatch, dtype
     errors = [(out - expected).abs().max().item() / scale for out in (one_block, four_blocks)]
     print(f"\nfeed-forward {dtype}, relative max|delta| vs ComfyUI: one block {errors[0]:.2e}, four {errors[1]:.2e}")
     assert max(errors) <= tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feed_forward_reference_order_equals_comfyui_bit_for_bit(dtype):
+    """``reference_order`` (what the ComfyUI bridge asks for): the feed-forward runs ComfyUI's
+    GLUMBConv steps and gives its output to the bit, in float32 and bfloat16; the fast path stays
+    within its tolerance of it."""
+    from comfy.ldm.ace.attention import GLUMBConv
+
+    from acestep_core.models import transformer
+    torch.manual_seed(0)
+    ours = transformer.GLUConvFeedForward(64, 160, dtype=dtype, reference_order=True)
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    theirs = GLUMBConv(64, 160, use_bias=(True, True, False), act=("silu", "silu", None), dtype=dtype,
+                       operations=comfy.ops.disable_weight_init)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 37, 64).to(dtype)
+    expected = theirs(x)
+    assert torch.equal(ours(x), expected)
+    fast = ours.forward_fast(x).float()
+    assert (fast - expected.float()).abs().max() / expected.float().abs().max() <= (1e-5 if dtype == torch.float32
+                                                                                     else 3e-2)

@@ -74,17 +74,20 @@ class GLUConvFeedForward(nn.Module):
     """Sana's GLUMBConv over the time axis: 1x1 conv -> SiLU -> depthwise conv (k=3) ->
     value * SiLU(gate) -> 1x1 conv. The depthwise conv mixes neighbouring frames.
 
-    Works on [B, T, channels] throughout: the 1x1 convs are plain matrix products on the rows, and
-    the depthwise conv is three shifted multiply-adds along T, in float32 (so bf16 models do not
-    round between the taps). That part runs on blocks of channels written straight into the
+    Two paths: :meth:`forward_reference_order`, the reference's own steps (chosen with
+    ``reference_order``, which the ComfyUI bridge sets), and :meth:`forward_fast`, the default of
+    the core: it works on [B, T, channels] throughout, the 1x1 convs as plain matrix products on
+    the rows and the depthwise conv as three shifted multiply-adds along T in float32 (so bf16
+    models do not round between the taps), on blocks of channels written straight into the
     half-width gated result, so the only full-width tensor is the expanded activation itself (a
     CPU depthwise conv would also copy it twice into a blocked layout).
     """
 
-    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=None):
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None, operations=None, reference_order: bool = False):
         super().__init__()
         ops = layer_ops.resolve(operations)
         kw = dict(device=device, dtype=dtype)
+        self.reference_order = reference_order
         # ModuleDicts give the checkpoint names ``inverted_conv.conv.weight`` etc.
         self.inverted_conv = nn.ModuleDict({"conv": ops.Conv1d(dim, 2 * hidden, 1, bias=True, **kw)})
         self.depth_conv = nn.ModuleDict({"conv": ops.Conv1d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden,
@@ -92,6 +95,24 @@ class GLUConvFeedForward(nn.Module):
         self.point_conv = nn.ModuleDict({"conv": ops.Conv1d(hidden, dim, 1, bias=False, **kw)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reference_order:
+            return self.forward_reference_order(x)
+        return self.forward_fast(x)
+
+    def forward_reference_order(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's own steps (ComfyUI ``GLUMBConv.forward``, comfy/ldm/ace/attention.py;
+        the upstream ``music_dcae`` Sana block): the three convs called as layers on ``[B, C, T]``,
+        SiLU after the first, chunk, ``value * SiLU(gate)``. Float32 results are bit-equal to the
+        reference's; on the CPU the 1x1 convs cost 2-3x the matrix products of :meth:`forward_fast`
+        (measured at the released width, 3 s latent, batch 2), and the expanded activation is held
+        whole."""
+        h = F.silu(self.inverted_conv["conv"](x.transpose(1, 2)))
+        value, gate = torch.chunk(self.depth_conv["conv"](h), 2, dim=1)
+        return self.point_conv["conv"](value * F.silu(gate)).transpose(1, 2)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast alternative of :meth:`forward_reference_order` (see the class docstring): the same
+        math, summed in another order (within 1e-6 relative of it in float32)."""
         inverted, depth, point = self.inverted_conv["conv"], self.depth_conv["conv"], self.point_conv["conv"]
         h = F.silu(layer_ops.linear(inverted, x), inplace=True)                           # [B, T, 2H]
         batch, frames, width = h.shape
@@ -122,13 +143,13 @@ def _depthwise3(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torc
 
 class TransformerBlock(nn.Module):
     def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None,
-                 attention_function=None):
+                 attention_function=None, reference_order: bool = False):
         super().__init__()
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         kw = dict(device=device, dtype=dtype, operations=operations)
         self.attn = LinearSelfAttention(dim, heads, head_dim, **kw)
         self.cross_attn = CrossAttention(dim, dim, heads, head_dim, **kw, attention_function=attention_function)
-        self.ff = GLUConvFeedForward(dim, config.mlp_hidden_dim, **kw)
+        self.ff = GLUConvFeedForward(dim, config.mlp_hidden_dim, **kw, reference_order=reference_order)
         # Learned offsets of the six modulation vectors, added to the shared timestep projection.
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim, device=device, dtype=dtype) / dim ** 0.5)
 
@@ -239,10 +260,13 @@ class AceStepTransformer(nn.Module):
     weight at use, as ComfyUI's manual-cast operations do), else None. ``attention_function``:
     the softmax attention of the cross-attention layers (default ``F.scaled_dot_product_attention``;
     contract in :func:`acestep_core.models.attention.sdpa_attention`), e.g. ComfyUI's
-    ``optimized_attention`` inside ComfyUI."""
+    ``optimized_attention`` inside ComfyUI. ``reference_order``: run the feed-forward in the
+    reference's own steps (:meth:`GLUConvFeedForward.forward_reference_order`) instead of its
+    fast alternative, so that with ComfyUI's operations and attention every op matches ComfyUI's
+    ACE model and float32 results are bit-equal to it (the bridge asks for this)."""
 
     def __init__(self, config: TransformerConfig, device=None, dtype=None, operations=None,
-                 compute_dtype: torch.dtype | None = None, attention_function=None):
+                 compute_dtype: torch.dtype | None = None, attention_function=None, reference_order: bool = False):
         super().__init__()
         if config.lyric_hidden_size != config.lyric_encoder.hidden_size:
             raise ConfigError(f"lyric embedding width {config.lyric_hidden_size} differs from the lyric encoder "
@@ -254,7 +278,8 @@ class AceStepTransformer(nn.Module):
         sub = dict(kw, operations=operations)
         dim = config.inner_dim
 
-        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **sub, attention_function=attention_function)
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(config, **sub, attention_function=attention_function,
+                                                                 reference_order=reference_order)
                                                 for _ in range(config.num_layers))
         self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, **sub)
         self.t_block = nn.Sequential(nn.SiLU(), ops.Linear(dim, 6 * dim, **kw))
