@@ -180,6 +180,37 @@ def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.view(*x.shape[:-1], n_out)
 
 
+def conv1d_pointwise_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv1d(x, weight.to(x.dtype), bias.to(x.dtype))`` for a 1x1 conv (``weight``
+    ``[out, in, 1]``, no padding, stride, dilation or groups) whose weight is stored narrower than
+    ``x`` ``[B, in, T]``: the same numbers (the reference model runs these convs, and a matrix
+    product sums in another order), the weight cast in blocks of output channels into the scratch
+    buffer of :func:`linear_upcast` and each block's conv written into its channels of the result.
+    Each output channel is the same conv over the same input channels (bit-equal to the whole
+    cast on the CPU, checked in the tests at the released widths). More than
+    :data:`UPCAST_MAX_ROWS_OF_INPUT` frames in all, or anything but a plain CPU float32 ``x``,
+    takes the whole cast (the conv is then bound by arithmetic, and a block of channels at many
+    frames ran several times slower than the whole conv)."""
+    compute = x.dtype
+    n_out, k = weight.shape[0], weight.shape[1]
+    frames = x.shape[0] * x.shape[-1]
+    if (weight.dtype == compute or x.device.type != "cpu" or weight.device != x.device
+            or frames > UPCAST_MAX_ROWS_OF_INPUT or weight.shape[-1] != 1):
+        b = None if bias is None else bias.to(device=x.device, dtype=compute)
+        return torch.nn.functional.conv1d(x, weight.to(device=x.device, dtype=compute), b)
+    rows = min(n_out, max(UPCAST_BLOCK_ROWS_MULTIPLE, UPCAST_BLOCK_BYTES // (k * torch.finfo(compute).bits // 8)
+                          // UPCAST_BLOCK_ROWS_MULTIPLE * UPCAST_BLOCK_ROWS_MULTIPLE))
+    out = torch.empty(x.shape[0], n_out, x.shape[-1], device=x.device, dtype=compute)
+    scratch = _scratch(rows * k, x.device, compute)
+    b = None if bias is None else bias.to(dtype=compute)
+    for start in range(0, n_out, rows):
+        end = min(n_out, start + rows)
+        block = scratch[:(end - start) * k].view(end - start, k, 1)
+        block.copy_(weight[start:end])
+        out[:, start:end] = torch.nn.functional.conv1d(x, block, None if b is None else b[start:end])
+    return out
+
+
 def small_rows_blocks_exact(shapes, rows_of_input: int, device="cpu", dtype=torch.float32) -> bool:
     """Whether :func:`linear_upcast` with ``rows_of_input`` rows (below
     :data:`UPCAST_MIN_ROWS_OF_INPUT`) gives ``F.linear``'s numbers on the whole cast weight, bit for

@@ -138,10 +138,29 @@ def _linear_forward_with_upcast(base: type):
     return forward
 
 
+def _is_pointwise(conv) -> bool:
+    """A 1x1 Conv1d with nothing but the channel mixing (the v1 feed-forward's inverted and point convs)."""
+    return (tuple(conv.kernel_size) == (1,) and tuple(conv.stride) == (1,) and tuple(conv.dilation) == (1,)
+            and conv.groups == 1 and conv.padding in ((0,), "valid"))
+
+
+def _conv1d_forward_with_upcast(base: type):
+    """``forward`` of a ComfyUI Conv1d class that computes a 1x1 manual-cast conv on the CPU
+    through ``conv1d_pointwise_upcast`` (the same numbers as casting the whole weight, cast in
+    blocks) when :func:`_upcasts_in_blocks` allows, else ``base.forward`` unchanged."""
+    def forward(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and _is_pointwise(self) and _upcasts_in_blocks(self, args[0]):
+            comfy.ops.run_every_op()        # what base.forward does first (interrupt check)
+            return layer_ops.conv1d_pointwise_upcast(args[0], self.weight, self.bias)
+        return base.forward(self, *args, **kwargs)
+    return forward
+
+
 def with_cast_weight_bias(operations: type) -> type:
     """``operations`` (a ``comfy.ops`` namespace class) with each layer class extended by
-    ``acestep_cast_weight_bias`` and ``acestep_linear`` (the core's fast paths), and Linear's
-    forward by the CPU block upcast (:func:`_linear_forward_with_upcast`): a subclass per layer,
+    ``acestep_cast_weight_bias`` and ``acestep_linear`` (the core's fast paths), and the forward
+    of Linear and of 1x1 Conv1d by the CPU block upcast (:func:`_linear_forward_with_upcast`,
+    :func:`_conv1d_forward_with_upcast`): a subclass per layer,
     nothing else changed, cached so a class is made once per namespace. Namespaces from other
     packs (e.g. GGUF's ``custom_operations``) get the same: their layers' own casting is reached
     through ``comfy.ops.cast_bias_weight``, and their tensor subclasses never take the upcast."""
@@ -157,6 +176,8 @@ def with_cast_weight_bias(operations: type) -> type:
                    "__module__": __name__, "__qualname__": f"{operations.__name__}.{name}"}
         if name == "Linear":
             members["forward"] = _linear_forward_with_upcast(base)
+        if name == "Conv1d":
+            members["forward"] = _conv1d_forward_with_upcast(base)
         layers[name] = type(base.__name__, (base,), members)
     cached = type(operations.__name__, (operations,), dict(layers, __module__=__name__))
     _OPERATIONS[operations] = cached

@@ -223,3 +223,20 @@ def test_exact_small_rows_only_where_checked(monkeypatch):
         got = ops.linear_upcast(x, weight, exact_small_rows=2 if exact else None)
         assert torch.equal(got, nn.functional.linear(x, weight.float()))
         assert bool(ops._upcast_scratch) == (exact and rows == 2)    # blocks only for the checked count
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cin, cout, bias", [(640, 3200, True), (1600, 640, False)])
+@pytest.mark.parametrize("frames", [1, 7, 33, 300])          # 2 x 300 frames: the whole cast
+def test_pointwise_conv1d_upcast_equals_conv_on_the_cast_weight(weight_dtype, cin, cout, bias, frames):
+    """conv1d_pointwise_upcast (blocks of output channels cast into the scratch buffer) gives
+    F.conv1d on the whole cast weight bit for bit, contiguous and transposed inputs."""
+    import torch.nn.functional as F
+
+    from acestep_core.ops import conv1d_pointwise_upcast
+    g = torch.Generator().manual_seed(frames)
+    weight = (torch.randn(cout, cin, 1, generator=g) * cin ** -0.5).to(weight_dtype)
+    b = torch.randn(cout, generator=g).to(weight_dtype) if bias else None
+    for x in (torch.randn(2, cin, frames, generator=g), torch.randn(2, frames, cin, generator=g).transpose(1, 2)):
+        expected = F.conv1d(x, weight.float(), None if b is None else b.float())
+        assert torch.equal(conv1d_pointwise_upcast(x, weight, b), expected)

@@ -1058,6 +1058,31 @@ def test_linear_upcast_forward_equals_comfyui_manual_cast(pack, upcast_calls, we
     assert got.dtype == torch.float32 and torch.equal(got, expected), (got - expected).abs().max()
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frames, transposed", [(7, False), (33, True), (300, False)])   # 2 x 300: whole cast
+def test_pointwise_conv1d_upcast_equals_comfyui_manual_cast(pack, monkeypatch, weight_dtype, bias, frames,
+                                                             transposed):
+    """The pack's manual-cast 1x1 Conv1d on the CPU (the v1 feed-forward's convs in ComfyUI's
+    order) casts its weight in blocks of output channels and gives ComfyUI's manual_cast.Conv1d
+    result bit for bit, on a contiguous or a transposed [B, C, T] input; a kernel-3 conv is left
+    to ComfyUI."""
+    from acestep_core import ops
+    calls = []
+    real = ops.conv1d_pointwise_upcast
+    monkeypatch.setattr(ops, "conv1d_pointwise_upcast", lambda *a, **k: calls.append(1) or real(*a, **k))
+    channels = ops.UPCAST_BLOCK_BYTES // 4 // 100            # about 100 output channels per block
+    theirs, ours, g = _manual_cast_pair(pack, "Conv1d", channels, 250, 1, weight_dtype=weight_dtype, bias=bias)
+    x = torch.randn(2, frames, channels, generator=g).transpose(1, 2) if transposed else \
+        torch.randn(2, channels, frames, generator=g)
+    expected, got = theirs(x), ours(x)
+    assert len(calls) == 1
+    assert got.dtype == torch.float32 and torch.equal(got, expected), (got - expected).abs().max()
+    theirs3, ours3, g = _manual_cast_pair(pack, "Conv1d", 16, 8, 3, weight_dtype=weight_dtype, bias=bias)
+    x = torch.randn(2, 16, 9, generator=g)
+    assert torch.equal(ours3(x), theirs3(x)) and len(calls) == 1
+
+
 def test_linear_with_pending_weight_patches_takes_comfyui_path(pack, upcast_calls):
     """A layer with weight / bias functions pending (a LoRA under ComfyUI's low-VRAM loading) is
     computed by ComfyUI's own forward: the functions apply and the result is ComfyUI's."""
