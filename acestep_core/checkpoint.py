@@ -213,10 +213,7 @@ class ComponentSource:
                 if tensor is not None:
                     return tensor
             tensor = _read_tensor(fd, info, self.prefix + key)
-            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype \
-                    and not (keep_dtype and keep_dtype(key)):
-                tensor = tensor.to(dtype)
-            return tensor
+            return tensor.to(dtype) if converts(key) else tensor
 
         try:
             with open(self.file, "rb", buffering=0) as f, ThreadPoolExecutor(READ_THREADS) as pool:

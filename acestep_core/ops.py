@@ -134,6 +134,13 @@ def _scratch(numel: int, device, dtype) -> torch.Tensor:
     return buf[:numel]
 
 
+def _block_rows(n_out: int, k: int, compute: torch.dtype) -> int:
+    """Weight rows (output channels) cast at a time: :data:`UPCAST_BLOCK_BYTES` of ``compute``
+    values in a multiple of :data:`UPCAST_BLOCK_ROWS_MULTIPLE` rows, at least one multiple."""
+    return min(n_out, max(UPCAST_BLOCK_ROWS_MULTIPLE, UPCAST_BLOCK_BYTES // (k * torch.finfo(compute).bits // 8)
+                          // UPCAST_BLOCK_ROWS_MULTIPLE * UPCAST_BLOCK_ROWS_MULTIPLE))
+
+
 def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                   exact_small_rows: int | None = None) -> torch.Tensor:
     """``F.linear(x, weight.to(x.dtype), bias.to(x.dtype))``, the same numbers, for a weight
@@ -163,8 +170,7 @@ def linear_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         b = None if bias is None else bias.to(device=x.device, dtype=compute)
         return torch.nn.functional.linear(x, w, b)
     n_out, k = weight.shape
-    rows = min(n_out, max(UPCAST_BLOCK_ROWS_MULTIPLE, UPCAST_BLOCK_BYTES // (k * torch.finfo(compute).bits // 8)
-                          // UPCAST_BLOCK_ROWS_MULTIPLE * UPCAST_BLOCK_ROWS_MULTIPLE))
+    rows = _block_rows(n_out, k, compute)
     x2 = x.reshape(-1, k)
     out = torch.empty(x2.shape[0], n_out, device=x.device, dtype=compute)
     scratch = _scratch(rows * k, x.device, compute)
@@ -198,8 +204,7 @@ def conv1d_pointwise_upcast(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
             or frames > UPCAST_MAX_ROWS_OF_INPUT or weight.shape[-1] != 1):
         b = None if bias is None else bias.to(device=x.device, dtype=compute)
         return torch.nn.functional.conv1d(x, weight.to(device=x.device, dtype=compute), b)
-    rows = min(n_out, max(UPCAST_BLOCK_ROWS_MULTIPLE, UPCAST_BLOCK_BYTES // (k * torch.finfo(compute).bits // 8)
-                          // UPCAST_BLOCK_ROWS_MULTIPLE * UPCAST_BLOCK_ROWS_MULTIPLE))
+    rows = _block_rows(n_out, k, compute)
     out = torch.empty(x.shape[0], n_out, x.shape[-1], device=x.device, dtype=compute)
     scratch = _scratch(rows * k, x.device, compute)
     b = None if bias is None else bias.to(dtype=compute)

@@ -50,7 +50,7 @@ and names it when a ComfyUI release moves it):
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -127,31 +127,26 @@ def _acestep_linear(layer, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(x, weight.flatten(1), bias)
 
 
-def _linear_forward_with_upcast(base: type):
-    """``forward`` of a ComfyUI Linear class that computes manual-cast products on the CPU through
-    ``linear_upcast`` when :func:`_upcasts_in_blocks` allows, else ``base.forward`` unchanged."""
-    def forward(self, *args, **kwargs):
-        if len(args) == 1 and not kwargs and _upcasts_in_blocks(self, args[0]):
-            comfy.ops.run_every_op()        # what base.forward does first (interrupt check)
-            return layer_ops.linear_upcast(args[0], self.weight, self.bias)
-        return base.forward(self, *args, **kwargs)
-    return forward
-
-
 def _is_pointwise(conv) -> bool:
     """A 1x1 Conv1d with nothing but the channel mixing (the v1 feed-forward's inverted and point convs)."""
     return (tuple(conv.kernel_size) == (1,) and tuple(conv.stride) == (1,) and tuple(conv.dilation) == (1,)
             and conv.groups == 1 and conv.padding in ((0,), "valid"))
 
 
-def _conv1d_forward_with_upcast(base: type):
-    """``forward`` of a ComfyUI Conv1d class that computes a 1x1 manual-cast conv on the CPU
-    through ``conv1d_pointwise_upcast`` (the same numbers as casting the whole weight, cast in
-    blocks) when :func:`_upcasts_in_blocks` allows, else ``base.forward`` unchanged."""
+# layer class name -> (the acestep_core.ops block upcast its forward uses, which layers of it qualify)
+_BLOCK_UPCASTS = {"Linear": ("linear_upcast", lambda layer: True),
+                  "Conv1d": ("conv1d_pointwise_upcast", _is_pointwise)}
+
+
+def _forward_with_block_upcast(base: type, upcast: str, qualifies) -> Callable:
+    """``forward`` of a ComfyUI layer class that computes manual-cast products on the CPU through
+    ``acestep_core.ops.<upcast>`` (``linear_upcast``; ``conv1d_pointwise_upcast`` for 1x1 convs:
+    the same numbers as casting the whole weight, cast in blocks) when the layer ``qualifies`` and
+    :func:`_upcasts_in_blocks` allows, else ``base.forward`` unchanged."""
     def forward(self, *args, **kwargs):
-        if len(args) == 1 and not kwargs and _is_pointwise(self) and _upcasts_in_blocks(self, args[0]):
+        if len(args) == 1 and not kwargs and qualifies(self) and _upcasts_in_blocks(self, args[0]):
             comfy.ops.run_every_op()        # what base.forward does first (interrupt check)
-            return layer_ops.conv1d_pointwise_upcast(args[0], self.weight, self.bias)
+            return getattr(layer_ops, upcast)(args[0], self.weight, self.bias)
         return base.forward(self, *args, **kwargs)
     return forward
 
@@ -159,9 +154,8 @@ def _conv1d_forward_with_upcast(base: type):
 def with_cast_weight_bias(operations: type) -> type:
     """``operations`` (a ``comfy.ops`` namespace class) with each layer class extended by
     ``acestep_cast_weight_bias`` and ``acestep_linear`` (the core's fast paths), and the forward
-    of Linear and of 1x1 Conv1d by the CPU block upcast (:func:`_linear_forward_with_upcast`,
-    :func:`_conv1d_forward_with_upcast`): a subclass per layer,
-    nothing else changed, cached so a class is made once per namespace. Namespaces from other
+    of Linear and of 1x1 Conv1d by the CPU block upcast (:func:`_forward_with_block_upcast`): a
+    subclass per layer, nothing else changed, cached so a class is made once per namespace. Namespaces from other
     packs (e.g. GGUF's ``custom_operations``) get the same: their layers' own casting is reached
     through ``comfy.ops.cast_bias_weight``, and their tensor subclasses never take the upcast."""
     cached = _OPERATIONS.get(operations)
@@ -174,10 +168,8 @@ def with_cast_weight_bias(operations: type) -> type:
             continue
         members = {"acestep_cast_weight_bias": _acestep_cast_weight_bias, "acestep_linear": _acestep_linear,
                    "__module__": __name__, "__qualname__": f"{operations.__name__}.{name}"}
-        if name == "Linear":
-            members["forward"] = _linear_forward_with_upcast(base)
-        if name == "Conv1d":
-            members["forward"] = _conv1d_forward_with_upcast(base)
+        if name in _BLOCK_UPCASTS:
+            members["forward"] = _forward_with_block_upcast(base, *_BLOCK_UPCASTS[name])
         layers[name] = type(base.__name__, (base,), members)
     cached = type(operations.__name__, (operations,), dict(layers, __module__=__name__))
     _OPERATIONS[operations] = cached

@@ -468,22 +468,28 @@ def test_bf16_close_to_fp32():
     assert err < 5e-2
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_feed_forward_blocks_equal_the_reference_convolutions(monkeypatch, dtype, tolerance):
-    """The feed-forward (1x1 convs as matrix products, the depthwise conv as shifted multiply-adds
-    on blocks of channels) against ComfyUI's GLUMBConv on the same weights, with one channel block
-    and with several (the last one partial)."""
+def _feed_forward_and_comfyui_glumbconv(dtype, reference_order=False):
+    """(our GLUConvFeedForward, ComfyUI's GLUMBConv with the same random weights, an input)."""
     from comfy.ldm.ace.attention import GLUMBConv
 
     from acestep_core.models import transformer
     torch.manual_seed(0)
-    ours = transformer.GLUConvFeedForward(64, 160, dtype=dtype)
+    ours = transformer.GLUConvFeedForward(64, 160, dtype=dtype, reference_order=reference_order)
     for p in ours.parameters():
         torch.nn.init.normal_(p, std=0.2)
     theirs = GLUMBConv(64, 160, use_bias=(True, True, False), act=("silu", "silu", None), dtype=dtype,
                        operations=comfy.ops.disable_weight_init)
     theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 37, 64).to(dtype)
+    return ours, theirs, torch.randn(2, 37, 64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_feed_forward_blocks_equal_the_reference_convolutions(monkeypatch, dtype, tolerance):
+    """The feed-forward (1x1 convs as matrix products, the depthwise conv as shifted multiply-adds
+    on blocks of channels) against ComfyUI's GLUMBConv on the same weights, with one channel block
+    and with several (the last one partial)."""
+    from acestep_core.models import transformer
+    ours, theirs, x = _feed_forward_and_comfyui_glumbconv(dtype)
     expected = theirs(x).float()
     one_block = ours(x).float()
     monkeypatch.setattr(transformer, "FF_MIN_BLOCK_CHANNELS", 48)
@@ -500,17 +506,7 @@ def test_feed_forward_reference_order_equals_comfyui_bit_for_bit(dtype):
     """``reference_order`` (what the ComfyUI bridge asks for): the feed-forward runs ComfyUI's
     GLUMBConv steps and gives its output to the bit, in float32 and bfloat16; the fast path stays
     within its tolerance of it."""
-    from comfy.ldm.ace.attention import GLUMBConv
-
-    from acestep_core.models import transformer
-    torch.manual_seed(0)
-    ours = transformer.GLUConvFeedForward(64, 160, dtype=dtype, reference_order=True)
-    for p in ours.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    theirs = GLUMBConv(64, 160, use_bias=(True, True, False), act=("silu", "silu", None), dtype=dtype,
-                       operations=comfy.ops.disable_weight_init)
-    theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 37, 64).to(dtype)
+    ours, theirs, x = _feed_forward_and_comfyui_glumbconv(dtype, reference_order=True)
     expected = theirs(x)
     assert torch.equal(ours(x), expected)
     fast = ours.forward_fast(x).float()
